@@ -1,0 +1,149 @@
+//! Command-line plumbing shared by every tool: the common flags, logging
+//! set-up, store selection, signal handling and exit codes.
+
+use clap::{Args, Parser};
+use dmp_core::store::{DynStore, StoreSpec};
+use std::process::ExitCode;
+
+/// Exit codes shared by every tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Done: replies received, file verified.
+    Ok = 0,
+    /// The operation failed: no reply, refused, verification failed, timed out.
+    Failed = 1,
+    /// Usage or configuration error, or the store cannot be used.
+    Usage = 2,
+    /// Interrupted by SIGINT or SIGTERM.
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Flags every tool accepts.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Where messages are exchanged: a folder path or file:///path.
+    /// Default: <Dropbox folder>/dmp when ~/.dropbox/info.json names one,
+    /// else ~/.local/share/dmp/store.
+    #[arg(long, env = "DMP_STORE", value_name = "URL")]
+    pub store: Option<StoreSpec>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less output: results only, no progress, warnings and errors off.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Common {
+    /// Installs the tracing subscriber on stderr.
+    pub fn init_logging(&self) {
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn",
+            (false, 1) => "info",
+            (false, 2) => "debug",
+            (false, _) => "trace",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    }
+
+    /// The store spec: `--store`, else `DMP_STORE`, else the default.
+    pub fn store_spec(&self) -> anyhow::Result<StoreSpec> {
+        match &self.store {
+            Some(s) => {
+                tracing::info!("store: {s} (from --store or DMP_STORE)");
+                Ok(s.clone())
+            }
+            None => {
+                let (s, why) = StoreSpec::default_spec()?;
+                tracing::info!("store: {s} ({why})");
+                Ok(s)
+            }
+        }
+    }
+
+    /// Opens the store and checks that it can be listed.
+    pub async fn open_store(&self) -> anyhow::Result<(StoreSpec, DynStore)> {
+        let spec = self.store_spec()?;
+        let store = spec.open()?;
+        store.list(&dmp_core::store::Key::root()).await?;
+        Ok((spec, store))
+    }
+}
+
+/// Parses the command line; a usage error prints one line and exits 2.
+pub fn parse<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(t) => t,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    std::process::exit(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    });
+                }
+                _ => {
+                    let text = e.render().to_string();
+                    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid usage");
+                    eprintln!("{} (see --help)", first.trim_end());
+                    std::process::exit(Exit::Usage as i32);
+                }
+            }
+        }
+    }
+}
+
+/// Prints `error: ...` for a failure, as one line.
+pub fn report(err: &anyhow::Error) {
+    let msg = format!("{err:#}").replace('\n', " ");
+    eprintln!("error: {msg}");
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A single-threaded runtime: the tools are I/O-light and latency-bound.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}

@@ -1,0 +1,15 @@
+//! dmp-core: the protocol logic and store adapters behind the DMP ping tools
+//! and the DFTP file transfer tools.
+//!
+//! - [`wire`]: envelope encoding and checksums (pure functions).
+//! - [`proto`]: the mailbox, ping and DFTP state machines (no I/O).
+//! - [`store`]: the [`store::Store`] trait and its adapters.
+//! - [`drive`]: the async loops that run a machine against a store.
+
+pub mod drive;
+pub mod id;
+pub mod proto;
+pub mod store;
+pub mod wire;
+
+pub use id::{InvalidPeerId, PeerId};

@@ -1,0 +1,736 @@
+//! The mailbox: a reliable, ordered channel between two parties over a store,
+//! written as a state machine that does no I/O.
+//!
+//! One [`Link`] joins `me` and `peer`. Its outgoing half writes message files
+//! into `me`'s outbox, `<me>/<peer>/<session>-<seq>.msg`, once each, and
+//! deletes them when the peer's cumulative acknowledgement covers them. Its
+//! incoming half lists `<peer>/<me>/`, fetches and verifies the peer's
+//! messages, delivers them exactly once and in order, and acknowledges them
+//! cumulatively in `<me>/<peer>/ack`, a file of its own outbox.
+//!
+//! Feed it [`Input`]s with the current time; take back [`Output`]s.
+
+use crate::id::PeerId;
+use crate::store::{Key, StoreError, is_valid_component};
+use crate::wire::{Envelope, Kind, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Name of the cumulative acknowledgement file in a channel directory.
+pub const ACK_NAME: &str = "ack";
+/// Largest ack file accepted.
+pub const MAX_ACK_LEN: u64 = 1024;
+
+/// A store operation the driver is asked to perform; its result comes back
+/// as an [`Input`] with the same key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    List(Key),
+    Get(Key, u64),
+    Put(Key, Vec<u8>),
+    Delete(Key),
+}
+
+/// The result of an [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    Listed(Key, Result<Vec<String>, StoreError>),
+    Got(Key, Result<Option<Vec<u8>>, StoreError>),
+    Put(Key, Result<(), StoreError>),
+    Deleted(Key, Result<(), StoreError>),
+}
+
+impl OpResult {
+    pub fn key(&self) -> &Key {
+        match self {
+            OpResult::Listed(k, _) | OpResult::Got(k, _) | OpResult::Put(k, _) | OpResult::Deleted(k, _) => k,
+        }
+    }
+}
+
+/// What a [`Link`] asks of its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Perform a store operation and feed the result back.
+    Op(Op),
+    /// A message from the peer, in order, exactly once. Call
+    /// [`Link::commit`] once its effects are durable.
+    Deliver(Envelope),
+    /// The link state changed; persist it (before acting on later outputs
+    /// is not required: the protocol tolerates the lag).
+    Persist,
+    /// Messages up to this sequence number are acknowledged by the peer.
+    Acked(u64),
+    /// A file in the peer's outbox failed verification (logged, retried).
+    Rejected { key: Key, reason: String },
+}
+
+/// The persisted part of a link: enough to resume without re-delivering
+/// or re-using a sequence number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    /// My sending session (a fresh one is chosen when no state exists).
+    pub session: u64,
+    /// Next sequence number I will send (first is 1).
+    pub next_seq: u64,
+    /// Highest sequence number of mine the peer acknowledged.
+    pub acked: u64,
+    /// The peer's session I am receiving, if known.
+    pub peer_session: Option<u64>,
+    /// Highest sequence number of the peer's that I delivered and committed.
+    pub committed: u64,
+}
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Most unacknowledged messages of mine in the store at once.
+    pub window: u64,
+    /// Most of the peer's messages fetched ahead of delivery.
+    pub readahead: u64,
+    /// First retry delay after a failed operation; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            window: 64,
+            readahead: 16,
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses `<session:16 hex>-<seq:16 hex>.msg`; anything else is not ours.
+pub fn parse_msg_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".msg")?;
+    if stem.len() != 33 || stem.as_bytes()[16] != b'-' {
+        return None;
+    }
+    let hexok = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let (a, b) = (&stem[..16], &stem[17..]);
+    if !hexok(a) || !hexok(b) {
+        return None;
+    }
+    Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+}
+
+/// The file name of message `seq` of `session`.
+pub fn msg_name(session: u64, seq: u64) -> String {
+    format!("{session:016x}-{seq:016x}.msg")
+}
+
+/// Payload of the `ack` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckBody {
+    pub session: u64,
+    pub upto: u64,
+}
+
+impl AckBody {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&self.session.to_be_bytes());
+        v.extend_from_slice(&self.upto.to_be_bytes());
+        v
+    }
+    pub fn decode(b: &[u8]) -> Option<AckBody> {
+        if b.len() != 16 {
+            return None;
+        }
+        Some(AckBody {
+            session: u64::from_be_bytes(b[..8].try_into().ok()?),
+            upto: u64::from_be_bytes(b[8..].try_into().ok()?),
+        })
+    }
+}
+
+#[derive(Debug)]
+enum OutMsg {
+    /// Written or being written; the bytes are kept until the write succeeds.
+    Writing(Vec<u8>),
+    Written,
+}
+
+/// One party's end of a two-way reliable channel with one peer.
+#[derive(Debug)]
+pub struct Link {
+    me: PeerId,
+    peer: PeerId,
+    cfg: LinkConfig,
+    state: LinkState,
+    out_dir: Key,
+    in_dir: Key,
+    ack_key_out: Key,
+    ack_key_in: Key,
+
+    // Outgoing.
+    queue: VecDeque<(Kind, Vec<u8>)>,
+    inflight: BTreeMap<u64, OutMsg>,
+    put_pending: BTreeSet<u64>,
+    put_retry_at: Option<Duration>,
+    deleting: BTreeSet<u64>,
+    ack_get_pending: bool,
+    /// Set when my own outbox must be listed (after a restart).
+    recover_pending: bool,
+    recovered: bool,
+
+    // Incoming.
+    delivered: u64,
+    listed: BTreeMap<u64, BTreeSet<u64>>,
+    fetching: BTreeSet<u64>,
+    buffered: BTreeMap<u64, Envelope>,
+    list_pending: bool,
+    fetch_fail: BTreeMap<u64, (u32, Duration)>,
+    /// Ack file: what is written, and whether a write is under way.
+    ack_written: u64,
+    ack_put_pending: bool,
+
+    out: Vec<Output>,
+    wake_at: Option<Duration>,
+    dirty: bool,
+}
+
+impl Link {
+    /// A link with restored state, or a fresh one with `fresh_session` (a
+    /// number larger than any earlier session of `me` towards `peer`; the
+    /// driver uses the wall clock in microseconds).
+    pub fn new(me: PeerId, peer: PeerId, cfg: LinkConfig, restored: Option<LinkState>, fresh_session: u64) -> Link {
+        let fresh = restored.is_none();
+        let state = restored.unwrap_or(LinkState {
+            session: fresh_session.max(1),
+            next_seq: 1,
+            acked: 0,
+            peer_session: None,
+            committed: 0,
+        });
+        let out_dir = Key::new([me.as_str(), peer.as_str()]).expect("peer ids are valid keys");
+        let in_dir = Key::new([peer.as_str(), me.as_str()]).expect("peer ids are valid keys");
+        let ack_key_out = out_dir.join(ACK_NAME).expect("valid");
+        let ack_key_in = in_dir.join(ACK_NAME).expect("valid");
+        let delivered = state.committed;
+        Link {
+            me,
+            peer,
+            cfg,
+            ack_written: 0,
+            state,
+            out_dir,
+            in_dir,
+            ack_key_out,
+            ack_key_in,
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            put_pending: BTreeSet::new(),
+            put_retry_at: None,
+            deleting: BTreeSet::new(),
+            ack_get_pending: false,
+            recover_pending: false,
+            recovered: false,
+            delivered,
+            listed: BTreeMap::new(),
+            fetching: BTreeSet::new(),
+            buffered: BTreeMap::new(),
+            list_pending: false,
+            fetch_fail: BTreeMap::new(),
+            ack_put_pending: false,
+            out: Vec::new(),
+            wake_at: None,
+            dirty: fresh,
+        }
+        .started()
+    }
+
+    fn started(mut self) -> Link {
+        // Whether fresh or restored, first look at my own outbox: a fresh
+        // link removes what an earlier session left, a restored one learns
+        // of messages written after its state was last saved.
+        self.recover_pending = true;
+        self.out.push(Output::Op(Op::List(self.out_dir.clone())));
+        self
+    }
+
+    pub fn me(&self) -> &PeerId {
+        &self.me
+    }
+    pub fn peer(&self) -> &PeerId {
+        &self.peer
+    }
+    pub fn state(&self) -> &LinkState {
+        &self.state
+    }
+    /// The directory of the peer's outbox that this link reads.
+    pub fn in_dir(&self) -> &Key {
+        &self.in_dir
+    }
+    /// The directory of my outbox that this link writes.
+    pub fn out_dir(&self) -> &Key {
+        &self.out_dir
+    }
+
+    /// Messages queued or in the store, not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.queue.len() + self.inflight.len()
+    }
+
+    /// Sequence number of the last message queued so far (0 if none).
+    pub fn last_queued_seq(&self) -> u64 {
+        self.state.next_seq - 1 + self.queue.len() as u64
+    }
+
+    /// Queues a message; returns the sequence number it will carry.
+    pub fn send(&mut self, now: Duration, kind: Kind, payload: Vec<u8>) -> u64 {
+        assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload over the envelope cap");
+        self.queue.push_back((kind, payload));
+        let seq = self.last_queued_seq();
+        self.pump(now);
+        seq
+    }
+
+    /// Marks every delivered message up to `seq` as processed: it will be
+    /// acknowledged and never delivered again.
+    pub fn commit(&mut self, now: Duration, seq: u64) {
+        let seq = seq.min(self.delivered);
+        if seq > self.state.committed {
+            self.state.committed = seq;
+            self.dirty = true;
+            self.write_ack(now);
+        }
+    }
+
+    /// Something may have changed: look again.
+    pub fn wake(&mut self, now: Duration) {
+        if !self.list_pending {
+            self.list_pending = true;
+            self.out.push(Output::Op(Op::List(self.in_dir.clone())));
+        }
+        if !self.inflight.is_empty() && !self.ack_get_pending {
+            self.ack_get_pending = true;
+            self.out.push(Output::Op(Op::Get(self.ack_key_in.clone(), MAX_ACK_LEN)));
+        }
+        self.retry_due(now);
+    }
+
+    /// When the link wants a [`Link::wake`] even without a change signal.
+    pub fn wake_at(&self) -> Option<Duration> {
+        self.wake_at
+    }
+
+    /// Takes the outputs produced so far.
+    ///
+    /// When the state changed, [`Output::Persist`] comes first: the driver
+    /// saves [`Link::snapshot`] before it acts on anything else, so that an
+    /// acknowledgement is never written, nor a message deleted, ahead of the
+    /// state that accounts for it.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        if self.dirty {
+            self.dirty = false;
+            self.out.insert(0, Output::Persist);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The state to persist. Sequence numbers count as used only once their
+    /// message is written, so a crash never leaves a gap the peer would
+    /// wait on forever; numbers written after the snapshot are recovered
+    /// by listing my outbox on restart.
+    pub fn snapshot(&self) -> LinkState {
+        let mut s = self.state.clone();
+        if let Some((seq, _)) = self.inflight.iter().find(|(_, m)| matches!(m, OutMsg::Writing(_))) {
+            s.next_seq = s.next_seq.min(*seq);
+        }
+        s
+    }
+
+    /// True when `key` belongs to this link (for routing results).
+    pub fn owns(&self, key: &Key) -> bool {
+        key.starts_with(&self.out_dir) || key.starts_with(&self.in_dir)
+    }
+
+    /// Feeds the result of an operation this link asked for.
+    pub fn on_result(&mut self, now: Duration, res: OpResult) {
+        match res {
+            OpResult::Listed(k, r) if k == self.out_dir && self.recover_pending => self.on_recover(now, r),
+            OpResult::Listed(k, r) if k == self.in_dir => self.on_listed(now, r),
+            OpResult::Got(k, r) if k == self.ack_key_in => self.on_ack(now, r),
+            OpResult::Got(k, r) => self.on_fetched(now, k, r),
+            OpResult::Put(k, r) if k == self.ack_key_out => {
+                self.ack_put_pending = false;
+                match r {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::debug!("writing ack failed, will retry: {e}");
+                        self.ack_written = 0;
+                        self.schedule(now + self.cfg.min_backoff * 4);
+                    }
+                }
+                self.write_ack(now);
+            }
+            OpResult::Put(k, r) => self.on_put(now, k, r),
+            OpResult::Deleted(k, r) => {
+                if let Some((_, seq)) = parse_msg_name(k.name()) {
+                    self.deleting.remove(&seq);
+                }
+                if let Err(e) = r {
+                    tracing::debug!("delete {k} failed: {e}");
+                }
+            }
+            OpResult::Listed(_, _) => {}
+        }
+    }
+
+    fn schedule(&mut self, t: Duration) {
+        self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    fn backoff(&self, fails: u32) -> Duration {
+        let d = self.cfg.min_backoff.saturating_mul(1u32 << fails.min(16));
+        d.min(self.cfg.max_backoff)
+    }
+
+    fn retry_due(&mut self, now: Duration) {
+        if self.wake_at.is_some_and(|w| w <= now) {
+            self.wake_at = None;
+        }
+        if self.put_retry_at.is_some_and(|t| t <= now) {
+            self.put_retry_at = None;
+            let seqs: Vec<u64> = self
+                .inflight
+                .iter()
+                .filter(|(s, m)| matches!(m, OutMsg::Writing(_)) && !self.put_pending.contains(s))
+                .map(|(s, _)| *s)
+                .collect();
+            for s in seqs {
+                self.issue_put(s);
+            }
+        }
+        if !self.ack_put_pending && self.ack_written < self.state.committed {
+            self.write_ack(now);
+        }
+        self.pump(now);
+    }
+
+    // ---- outgoing -------------------------------------------------------
+
+    fn on_recover(&mut self, now: Duration, r: Result<Vec<String>, StoreError>) {
+        let names = match r {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("listing my outbox failed, will retry: {e}");
+                self.out.push(Output::Op(Op::List(self.out_dir.clone())));
+                return;
+            }
+        };
+        self.recover_pending = false;
+        self.recovered = true;
+        for name in names {
+            let Some((session, seq)) = parse_msg_name(&name) else { continue };
+            let key = self.out_dir.join(&name).expect("valid name");
+            if session != self.state.session {
+                // Left over from an earlier session of mine: nobody will ack it.
+                self.out.push(Output::Op(Op::Delete(key)));
+            } else if seq <= self.state.acked {
+                self.out.push(Output::Op(Op::Delete(key)));
+            } else {
+                // Written before a crash: keep it in flight, and never reuse its number.
+                self.inflight.insert(seq, OutMsg::Written);
+                if seq >= self.state.next_seq {
+                    self.state.next_seq = seq + 1;
+                    self.dirty = true;
+                }
+            }
+        }
+        // Sequence numbers between acked and next_seq that are not in the
+        // store were already written and deleted, or never written because
+        // of a crash between persisting and writing; neither can be filled
+        // again. A gap would stall the peer, so numbers are persisted only
+        // after the write, and the listing above restores any that were not.
+        for seq in self.state.acked + 1..self.state.next_seq {
+            self.inflight.entry(seq).or_insert(OutMsg::Written);
+        }
+        self.pump(now);
+    }
+
+    fn pump(&mut self, _now: Duration) {
+        if !self.recovered {
+            return;
+        }
+        while (self.inflight.len() as u64) < self.cfg.window {
+            let Some((kind, payload)) = self.queue.pop_front() else { break };
+            let seq = self.state.next_seq;
+            self.state.next_seq += 1;
+            let env = Envelope {
+                flags: 0,
+                kind,
+                sender: self.me.clone(),
+                recipient: self.peer.clone(),
+                session: self.state.session,
+                seq,
+                base: self.state.acked + 1,
+                payload,
+            };
+            self.inflight.insert(seq, OutMsg::Writing(env.encode()));
+            self.issue_put(seq);
+        }
+    }
+
+    fn issue_put(&mut self, seq: u64) {
+        if let Some(OutMsg::Writing(bytes)) = self.inflight.get(&seq) {
+            let key = self.out_dir.join(&msg_name(self.state.session, seq)).expect("valid");
+            self.put_pending.insert(seq);
+            self.out.push(Output::Op(Op::Put(key, bytes.clone())));
+        }
+    }
+
+    fn on_put(&mut self, now: Duration, key: Key, r: Result<(), StoreError>) {
+        let Some((_, seq)) = parse_msg_name(key.name()) else { return };
+        self.put_pending.remove(&seq);
+        match r {
+            Ok(()) => {
+                if let Some(m) = self.inflight.get_mut(&seq) {
+                    *m = OutMsg::Written;
+                }
+                self.dirty = true;
+            }
+            Err(e) => {
+                tracing::debug!("writing {key} failed, will retry: {e}");
+                let t = now + self.backoff(2);
+                self.put_retry_at = Some(t);
+                self.schedule(t);
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Duration, r: Result<Option<Vec<u8>>, StoreError>) {
+        self.ack_get_pending = false;
+        let bytes = match r {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("reading ack failed: {e}");
+                self.schedule(now + self.cfg.min_backoff * 4);
+                return;
+            }
+        };
+        let env = match Envelope::decode(&bytes, Some(&self.me)) {
+            Ok(e) if e.kind == Kind::Ack && e.sender == self.peer => e,
+            Ok(_) => {
+                self.reject(self.ack_key_in.clone(), "ack file of the wrong kind or sender".into());
+                return;
+            }
+            Err(e) => {
+                // Possibly half-synced: try again later.
+                self.reject(self.ack_key_in.clone(), e.to_string());
+                self.schedule(now + self.cfg.min_backoff * 4);
+                return;
+            }
+        };
+        let Some(ack) = AckBody::decode(&env.payload) else {
+            self.reject(self.ack_key_in.clone(), "malformed ack payload".into());
+            return;
+        };
+        if ack.session != self.state.session || ack.upto <= self.state.acked {
+            return; // stale, or for an earlier session
+        }
+        let written_upto = self.state.next_seq - 1;
+        if ack.upto > written_upto {
+            self.reject(
+                self.ack_key_in.clone(),
+                format!("ack for {} but only {} messages sent", ack.upto, written_upto),
+            );
+            return;
+        }
+        let old = self.state.acked;
+        self.state.acked = ack.upto;
+        self.dirty = true;
+        for seq in old + 1..=ack.upto {
+            self.inflight.remove(&seq);
+            self.put_pending.remove(&seq);
+            if self.deleting.insert(seq) {
+                let key = self.out_dir.join(&msg_name(self.state.session, seq)).expect("valid");
+                self.out.push(Output::Op(Op::Delete(key)));
+            }
+        }
+        self.out.push(Output::Acked(ack.upto));
+        self.pump(now);
+    }
+
+    // ---- incoming -------------------------------------------------------
+
+    fn reject(&mut self, key: Key, reason: String) {
+        self.out.push(Output::Rejected { key, reason });
+    }
+
+    fn on_listed(&mut self, now: Duration, r: Result<Vec<String>, StoreError>) {
+        self.list_pending = false;
+        let names = match r {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("listing {} failed: {e}", self.in_dir);
+                self.schedule(now + self.cfg.min_backoff * 4);
+                return;
+            }
+        };
+        self.listed.clear();
+        for name in &names {
+            if let Some((session, seq)) = parse_msg_name(name) {
+                self.listed.entry(session).or_default().insert(seq);
+            }
+        }
+        self.fetch_more(now);
+    }
+
+    /// The session being received: the known one, unless the peer started
+    /// a newer one (it lost its state and will never send the rest of the
+    /// old one), or the newest present when none is known yet.
+    fn current_session(&self) -> Option<u64> {
+        let newest = self.listed.keys().next_back().copied();
+        match (self.state.peer_session, newest) {
+            (Some(s), Some(n)) if n > s => Some(n),
+            (Some(s), _) => Some(s),
+            (None, n) => n,
+        }
+    }
+
+    fn fetch_more(&mut self, now: Duration) {
+        let Some(session) = self.current_session() else { return };
+        let Some(set) = self.listed.get(&session) else { return };
+        let known = self.state.peer_session == Some(session);
+        let next = self.delivered + 1;
+        let seqs: Vec<u64> = if known && set.contains(&next) {
+            set.range(next..=self.delivered + self.cfg.readahead).copied().collect()
+        } else {
+            // Entering a session, or the next message is not visible: fetch
+            // the lowest one present to learn its base (where the peer
+            // believes the unacknowledged messages start).
+            set.range(if known { next + 1 } else { 0 }..).next().copied().into_iter().collect()
+        };
+        for seq in seqs {
+            if !(known && self.buffered.contains_key(&seq)) {
+                self.fetch(now, session, seq);
+            }
+        }
+    }
+
+    fn fetch(&mut self, now: Duration, session: u64, seq: u64) {
+        if self.fetching.contains(&seq) {
+            return;
+        }
+        if let Some((_, not_before)) = self.fetch_fail.get(&seq) {
+            if *not_before > now {
+                self.schedule(*not_before);
+                return;
+            }
+        }
+        self.fetching.insert(seq);
+        let key = self.in_dir.join(&msg_name(session, seq)).expect("valid");
+        self.out.push(Output::Op(Op::Get(key, MAX_ENVELOPE_LEN as u64)));
+    }
+
+    fn fetch_failed(&mut self, now: Duration, seq: u64, key: Key, reason: String) {
+        let e = self.fetch_fail.entry(seq).or_insert((0, now));
+        e.0 += 1;
+        let fails = e.0;
+        let t = now + self.backoff(fails);
+        self.fetch_fail.insert(seq, (fails, t));
+        self.schedule(t);
+        self.reject(key, reason);
+    }
+
+    fn on_fetched(&mut self, now: Duration, key: Key, r: Result<Option<Vec<u8>>, StoreError>) {
+        let Some((session, seq)) = parse_msg_name(key.name()) else { return };
+        self.fetching.remove(&seq);
+        let bytes = match r {
+            Ok(Some(b)) => b,
+            Ok(None) => return, // deleted or not yet visible; a later listing tells
+            Err(e) => {
+                self.fetch_failed(now, seq, key, e.to_string());
+                return;
+            }
+        };
+        let env = match Envelope::decode(&bytes, Some(&self.me)) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fetch_failed(now, seq, key, e.to_string());
+                return;
+            }
+        };
+        if env.sender != self.peer || env.session != session || env.seq != seq || env.kind == Kind::Ack {
+            self.fetch_failed(now, seq, key, "envelope does not match its file name".into());
+            return;
+        }
+        if env.base > env.seq || env.base == 0 {
+            self.fetch_failed(now, seq, key, format!("envelope base {} is after its seq {}", env.base, env.seq));
+            return;
+        }
+        self.fetch_fail.remove(&seq);
+        if Some(session) != self.state.peer_session {
+            if Some(session) != self.current_session() {
+                return; // an older session, no longer wanted
+            }
+            // Enter the session at its base: everything before it was
+            // acknowledged to the peer (by an earlier incarnation of me).
+            tracing::debug!(peer = %self.peer, session, base = env.base, "receiving a new session");
+            self.state.peer_session = Some(session);
+            self.state.committed = env.base - 1;
+            self.delivered = env.base - 1;
+            self.buffered.clear();
+            self.fetch_fail.clear();
+            self.ack_written = 0;
+            self.dirty = true;
+        } else if env.base > self.delivered + 1 {
+            // The peer holds an acknowledgement from me beyond what I
+            // remember (my state was rolled back): it will never send the
+            // messages in between again.
+            tracing::warn!(
+                peer = %self.peer, delivered = self.delivered, base = env.base,
+                "peer's messages start after what was delivered here; skipping ahead"
+            );
+            self.delivered = env.base - 1;
+            self.state.committed = self.state.committed.max(env.base - 1);
+            self.buffered.retain(|s, _| *s >= env.base);
+            self.dirty = true;
+        }
+        if seq <= self.delivered {
+            return; // a duplicate
+        }
+        if seq > self.delivered + self.cfg.readahead {
+            return;
+        }
+        self.buffered.insert(seq, env);
+        while let Some(env) = self.buffered.remove(&(self.delivered + 1)) {
+            self.delivered += 1;
+            self.out.push(Output::Deliver(env));
+        }
+        self.fetch_more(now);
+    }
+
+    fn write_ack(&mut self, _now: Duration) {
+        if self.ack_put_pending || self.state.committed <= self.ack_written {
+            return;
+        }
+        let Some(session) = self.state.peer_session else { return };
+        let env = Envelope {
+            flags: 0,
+            kind: Kind::Ack,
+            sender: self.me.clone(),
+            recipient: self.peer.clone(),
+            session: self.state.session,
+            seq: 0,
+            base: 0,
+            payload: AckBody { session, upto: self.state.committed }.encode(),
+        };
+        self.ack_put_pending = true;
+        self.ack_written = self.state.committed;
+        self.out.push(Output::Op(Op::Put(self.ack_key_out.clone(), env.encode())));
+    }
+}
+
+/// True for names a link may find in a channel directory.
+pub fn is_protocol_name(name: &str) -> bool {
+    is_valid_component(name) && (name == ACK_NAME || parse_msg_name(name).is_some())
+}

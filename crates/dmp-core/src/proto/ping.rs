@@ -1,0 +1,355 @@
+//! Ping over the mailbox: a client that measures round trips like ping(8),
+//! and a server that answers any number of clients. No I/O.
+
+use super::mailbox::{Link, LinkConfig, Op, OpResult, Output};
+use crate::id::PeerId;
+use crate::store::{Key, StoreError};
+use crate::wire::Kind;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the ping client reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PingEvent {
+    /// A request was queued for writing.
+    Sent { seq: u64 },
+    /// A reply arrived.
+    Reply { seq: u64, rtt: Duration },
+    /// No reply within the wait time.
+    Lost { seq: u64 },
+    /// A file from the server failed verification.
+    Rejected { key: Key, reason: String },
+    /// A store operation failed (it is retried).
+    StoreError(StoreError),
+}
+
+/// ping(8)-style settings.
+#[derive(Clone, Debug)]
+pub struct PingConfig {
+    /// Stop after this many requests (`None`: until interrupted).
+    pub count: Option<u64>,
+    /// Time between requests.
+    pub interval: Duration,
+    /// How long to wait for each reply.
+    pub wait: Duration,
+    pub link: LinkConfig,
+}
+
+/// Round-trip statistics, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RttStats {
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+    pub mdev: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl RttStats {
+    /// Statistics of `rtts`; all zero when empty. `mdev` is computed as
+    /// ping(8) does: sqrt(mean(x²) − mean(x)²).
+    pub fn from_samples(rtts: &[Duration]) -> RttStats {
+        if rtts.is_empty() {
+            return RttStats::default();
+        }
+        let mut ms: Vec<f64> = rtts.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let n = ms.len() as f64;
+        let avg = ms.iter().sum::<f64>() / n;
+        let sq = ms.iter().map(|x| x * x).sum::<f64>() / n;
+        let pct = |p: f64| {
+            // Nearest-rank percentile.
+            let rank = ((p / 100.0) * n).ceil().max(1.0) as usize;
+            ms[rank.min(ms.len()) - 1]
+        };
+        RttStats {
+            min: ms[0],
+            avg,
+            max: ms[ms.len() - 1],
+            mdev: (sq - avg * avg).max(0.0).sqrt(),
+            p50: pct(50.0),
+            p99: pct(99.0),
+        }
+    }
+}
+
+/// The outcome of a ping run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PingSummary {
+    pub sent: u64,
+    pub received: u64,
+    pub rtts: Vec<Duration>,
+}
+
+impl PingSummary {
+    /// Percentage of requests without a reply (0 when none was sent).
+    pub fn loss_pct(&self) -> f64 {
+        if self.sent == 0 { 0.0 } else { 100.0 * (self.sent - self.received) as f64 / self.sent as f64 }
+    }
+    pub fn stats(&self) -> RttStats {
+        RttStats::from_samples(&self.rtts)
+    }
+}
+
+/// The ping client: sends a request every interval and matches replies.
+pub struct PingClient {
+    link: Link,
+    cfg: PingConfig,
+    next_send: Duration,
+    sent: u64,
+    /// Request number → time sent, for requests still awaiting a reply.
+    waiting: BTreeMap<u64, Duration>,
+    rtts: Vec<Duration>,
+    events: Vec<PingEvent>,
+    ops: Vec<Op>,
+}
+
+impl PingClient {
+    pub fn new(client: PeerId, server: PeerId, cfg: PingConfig, session: u64, now: Duration) -> PingClient {
+        let link = Link::new(client, server, cfg.link.clone(), None, session);
+        let mut c = PingClient {
+            link,
+            cfg,
+            next_send: now,
+            sent: 0,
+            waiting: BTreeMap::new(),
+            rtts: Vec::new(),
+            events: Vec::new(),
+            ops: Vec::new(),
+        };
+        c.drain();
+        c
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// The directory to watch for replies.
+    pub fn watch_prefix(&self) -> Key {
+        self.link.in_dir().clone()
+    }
+
+    /// Time passed or something changed.
+    pub fn wake(&mut self, now: Duration) {
+        self.link.wake(now);
+        self.expire(now);
+        while self.next_send <= now && !self.all_sent() {
+            self.sent += 1;
+            let seq = self.sent;
+            self.waiting.insert(seq, now);
+            self.link.send(now, Kind::Ping, seq.to_be_bytes().to_vec());
+            self.events.push(PingEvent::Sent { seq });
+            self.next_send += self.cfg.interval;
+            if self.next_send < now {
+                // Fell behind (suspended?): do not burst.
+                self.next_send = now + self.cfg.interval;
+            }
+        }
+        self.drain_at(now);
+    }
+
+    pub fn on_result(&mut self, now: Duration, res: OpResult) {
+        if let OpResult::Put(_, Err(e)) | OpResult::Got(_, Err(e)) | OpResult::Listed(_, Err(e)) = &res {
+            self.events.push(PingEvent::StoreError(e.clone()));
+        }
+        self.link.on_result(now, res);
+        self.drain_at(now);
+    }
+
+    fn all_sent(&self) -> bool {
+        self.cfg.count.is_some_and(|c| self.sent >= c)
+    }
+
+    fn expire(&mut self, now: Duration) {
+        let lost: Vec<u64> =
+            self.waiting.iter().filter(|(_, t)| now.saturating_sub(**t) >= self.cfg.wait).map(|(s, _)| *s).collect();
+        for seq in lost {
+            self.waiting.remove(&seq);
+            self.events.push(PingEvent::Lost { seq });
+        }
+    }
+
+    fn drain(&mut self) {
+        self.drain_at(Duration::ZERO)
+    }
+
+    fn drain_at(&mut self, now: Duration) {
+        loop {
+            let outs = self.link.take_outputs();
+            if outs.is_empty() {
+                break;
+            }
+            for o in outs {
+                match o {
+                    Output::Op(op) => self.ops.push(op),
+                    Output::Deliver(env) => {
+                        let seq = env.seq;
+                        if env.kind == Kind::Pong && env.payload.len() == 8 {
+                            let n = u64::from_be_bytes(env.payload[..8].try_into().expect("8"));
+                            if let Some(t) = self.waiting.remove(&n) {
+                                let rtt = now.saturating_sub(t);
+                                self.rtts.push(rtt);
+                                self.events.push(PingEvent::Reply { seq: n, rtt });
+                            }
+                        }
+                        self.link.commit(now, seq);
+                    }
+                    Output::Rejected { key, reason } => self.events.push(PingEvent::Rejected { key, reason }),
+                    Output::Persist | Output::Acked(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Store operations to perform.
+    pub fn take_ops(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    pub fn take_events(&mut self) -> Vec<PingEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// True once every request was sent and answered or given up on.
+    pub fn finished(&self) -> bool {
+        self.all_sent() && self.waiting.is_empty()
+    }
+
+    /// When to call [`PingClient::wake`] at the latest.
+    pub fn deadline(&self) -> Option<Duration> {
+        let mut d = self.link.wake_at();
+        let mut take = |t: Duration| d = Some(d.map_or(t, |x: Duration| x.min(t)));
+        if !self.all_sent() {
+            take(self.next_send);
+        }
+        if let Some(t) = self.waiting.values().min() {
+            take(*t + self.cfg.wait);
+        }
+        d
+    }
+
+    pub fn summary(&self) -> PingSummary {
+        PingSummary { sent: self.sent, received: self.rtts.len() as u64, rtts: self.rtts.clone() }
+    }
+}
+
+/// What the ping server reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerEvent {
+    NewClient(PeerId),
+    Answered { client: PeerId, seq: u64 },
+    Rejected { key: Key, reason: String },
+    StoreError(StoreError),
+}
+
+/// The liveness responder: one link per client found in the store.
+pub struct PingServer {
+    me: PeerId,
+    link_cfg: LinkConfig,
+    links: BTreeMap<PeerId, Link>,
+    root_list_pending: bool,
+    ops: Vec<Op>,
+    events: Vec<ServerEvent>,
+    session: u64,
+}
+
+impl PingServer {
+    pub fn new(me: PeerId, link_cfg: LinkConfig, session: u64) -> PingServer {
+        PingServer {
+            me,
+            link_cfg,
+            links: BTreeMap::new(),
+            root_list_pending: false,
+            ops: Vec::new(),
+            events: Vec::new(),
+            session,
+        }
+    }
+
+    /// Clients seen so far.
+    pub fn clients(&self) -> impl Iterator<Item = &PeerId> {
+        self.links.keys()
+    }
+
+    pub fn wake(&mut self, now: Duration) {
+        if !self.root_list_pending {
+            self.root_list_pending = true;
+            self.ops.push(Op::List(Key::root()));
+        }
+        for l in self.links.values_mut() {
+            l.wake(now);
+        }
+        self.drain(now);
+    }
+
+    pub fn on_result(&mut self, now: Duration, res: OpResult) {
+        if let OpResult::Put(_, Err(e)) | OpResult::Got(_, Err(e)) | OpResult::Listed(_, Err(e)) = &res {
+            self.events.push(ServerEvent::StoreError(e.clone()));
+        }
+        if let OpResult::Listed(k, r) = &res {
+            if k.is_root() {
+                self.root_list_pending = false;
+                if let Ok(names) = r {
+                    for name in names {
+                        let Ok(peer) = PeerId::new(name) else { continue };
+                        if peer == self.me || self.links.contains_key(&peer) {
+                            continue;
+                        }
+                        self.events.push(ServerEvent::NewClient(peer.clone()));
+                        let mut link =
+                            Link::new(self.me.clone(), peer.clone(), self.link_cfg.clone(), None, self.session);
+                        link.wake(now);
+                        self.links.insert(peer, link);
+                    }
+                }
+                self.drain(now);
+                return;
+            }
+        }
+        if let Some(link) = self.links.values_mut().find(|l| l.owns(res.key())) {
+            link.on_result(now, res);
+        }
+        self.drain(now);
+    }
+
+    fn drain(&mut self, now: Duration) {
+        for (peer, link) in self.links.iter_mut() {
+            loop {
+                let outs = link.take_outputs();
+                if outs.is_empty() {
+                    break;
+                }
+                for o in outs {
+                    match o {
+                        Output::Op(op) => self.ops.push(op),
+                        Output::Deliver(env) => {
+                            if env.kind == Kind::Ping {
+                                link.send(now, Kind::Pong, env.payload);
+                                self.events.push(ServerEvent::Answered { client: peer.clone(), seq: env.seq });
+                            } else {
+                                tracing::debug!(client = %peer, kind = ?env.kind, "ignoring a message that is not a ping");
+                            }
+                            link.commit(now, env.seq);
+                        }
+                        Output::Rejected { key, reason } => self.events.push(ServerEvent::Rejected { key, reason }),
+                        Output::Persist | Output::Acked(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn take_ops(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    pub fn take_events(&mut self) -> Vec<ServerEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn deadline(&self) -> Option<Duration> {
+        self.links.values().filter_map(|l| l.wake_at()).min()
+    }
+}

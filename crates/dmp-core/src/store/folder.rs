@@ -1,0 +1,335 @@
+//! A local folder as a store: what any synced folder (Dropbox, Syncthing,
+//! OneDrive, a network share) looks like from this machine.
+//!
+//! Objects are written under a temporary name that readers and sync clients
+//! ignore (`.~dmp-*.tmp`, in the same directory), then renamed into place,
+//! so no reader ever sees a partial object. Changes are noticed through the
+//! `notify` crate (inotify, FSEvents, ...) and, because sync clients and
+//! network mounts do not always raise events, through a periodic rescan.
+
+use super::{Changes, Key, Store, StoreError};
+use async_trait::async_trait;
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// How a [`FolderStore`] learns of changes.
+#[derive(Clone, Debug)]
+pub struct FolderOptions {
+    /// Use file-system notifications (inotify and friends).
+    pub watch: bool,
+    /// Rescan the watched tree this often and signal when it differs;
+    /// `None` disables the fallback.
+    pub rescan: Option<Duration>,
+}
+
+impl Default for FolderOptions {
+    fn default() -> Self {
+        FolderOptions { watch: true, rescan: Some(Duration::from_secs(2)) }
+    }
+}
+
+/// A store in a local directory.
+pub struct FolderStore {
+    root: PathBuf,
+    opts: FolderOptions,
+    /// Directories already created and checked to be real directories.
+    made: Mutex<HashSet<PathBuf>>,
+}
+
+impl FolderStore {
+    /// Opens (creating if needed) the directory `root` as a store.
+    pub fn open(root: impl Into<PathBuf>, opts: FolderOptions) -> Result<FolderStore, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| StoreError::Io {
+            store: root.display().to_string(),
+            op: "create",
+            key: String::new(),
+            msg: e.to_string(),
+        })?;
+        let meta = fs::metadata(&root).map_err(|e| StoreError::Io {
+            store: root.display().to_string(),
+            op: "open",
+            key: String::new(),
+            msg: e.to_string(),
+        })?;
+        if !meta.is_dir() {
+            return Err(StoreError::BadSpec(format!("{} is not a directory", root.display())));
+        }
+        let root = root.canonicalize().unwrap_or(root);
+        Ok(FolderStore { root, opts, made: Mutex::new(HashSet::new()) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        let mut p = self.root.clone();
+        for c in key.components() {
+            p.push(c);
+        }
+        p
+    }
+
+    fn err(&self, op: &'static str, key: &Key, e: io::Error) -> StoreError {
+        let store = self.describe();
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::Full { store, msg: format!("{op} {key}: {e}") },
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+                StoreError::Denied { store, msg: format!("{op} {key}: {e}") }
+            }
+            _ => StoreError::Io { store, op, key: key.to_string(), msg: e.to_string() },
+        }
+    }
+
+    /// Creates the parent directories of `key`, refusing to go through a
+    /// symlink or a non-directory planted in the store.
+    fn ensure_parent(&self, key: &Key) -> Result<PathBuf, StoreError> {
+        let path = self.path(key);
+        let parent = path.parent().expect("key has a parent").to_path_buf();
+        if self.made.lock().expect("lock").contains(&parent) {
+            return Ok(path);
+        }
+        let mut dir = self.root.clone();
+        let comps: Vec<&str> = key.components().collect();
+        for c in &comps[..comps.len() - 1] {
+            dir.push(c);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(StoreError::NotAFile { store: self.describe(), key: dir.display().to_string() });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let m = fs::symlink_metadata(&dir).map_err(|e| self.err("mkdir", key, e))?;
+                        if !m.is_dir() {
+                            return Err(StoreError::NotAFile {
+                                store: self.describe(),
+                                key: dir.display().to_string(),
+                            });
+                        }
+                    }
+                    Err(e) => return Err(self.err("mkdir", key, e)),
+                },
+                Err(e) => return Err(self.err("mkdir", key, e)),
+            }
+        }
+        self.made.lock().expect("lock").insert(parent);
+        Ok(path)
+    }
+
+    fn put_sync(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.ensure_parent(key)?;
+        let dir = path.parent().expect("parent");
+        let tmp = dir.join(format!(".~dmp-{:016x}.tmp", fastrand::u64(..)));
+        let res = (|| -> io::Result<()> {
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+            f.write_all(data)?;
+            drop(f);
+            // A directory planted at the final name would swallow the rename.
+            if let Ok(m) = fs::symlink_metadata(&path) {
+                if m.is_dir() {
+                    return Err(io::Error::other("a directory is in the way"));
+                }
+            }
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.err("put", key, e));
+        }
+        Ok(())
+    }
+
+    fn get_sync(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(key);
+        let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
+        let f = match f {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(StoreError::NotAFile { store: self.describe(), key: key.to_string() });
+            }
+            Err(e) => return Err(self.err("get", key, e)),
+        };
+        let meta = f.metadata().map_err(|e| self.err("get", key, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile { store: self.describe(), key: key.to_string() });
+        }
+        if meta.len() > max_len {
+            return Err(StoreError::TooLarge {
+                store: self.describe(),
+                key: key.to_string(),
+                len: meta.len(),
+                max: max_len,
+            });
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        // Read at most one byte past the limit, in case the file grew.
+        f.take(max_len + 1).read_to_end(&mut buf).map_err(|e| self.err("get", key, e))?;
+        if buf.len() as u64 > max_len {
+            return Err(StoreError::TooLarge {
+                store: self.describe(),
+                key: key.to_string(),
+                len: buf.len() as u64,
+                max: max_len,
+            });
+        }
+        Ok(Some(buf))
+    }
+
+    fn delete_sync(&self, key: &Key) -> Result<(), StoreError> {
+        match fs::remove_file(self.path(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
+    }
+
+    fn list_sync(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        let dir = self.path(prefix);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err("list", prefix, e)),
+        }
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err("list", prefix, e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| self.err("list", prefix, e))?;
+            if let Some(name) = ent.file_name().to_str() {
+                if super::is_valid_component(name) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Keeps the watcher and the rescan thread alive as long as the `Changes`.
+struct FolderWatch {
+    _watcher: Option<notify::RecommendedWatcher>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A cheap fingerprint of a tree: names, sizes and modification times.
+fn fingerprint(dir: &Path, depth: u32, acc: &mut u64) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for ent in rd.flatten() {
+        let Ok(m) = ent.metadata() else { continue };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in ent.file_name().as_encoded_bytes() {
+            h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        h ^= m.len().rotate_left(17);
+        if let Ok(t) = m.modified() {
+            if let Ok(d) = t.duration_since(SystemTime::UNIX_EPOCH) {
+                h ^= (d.as_nanos() as u64).rotate_left(31);
+            }
+        }
+        // Order-independent combination.
+        *acc = acc.wrapping_add(h.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        if m.is_dir() && depth > 0 {
+            fingerprint(&ent.path(), depth - 1, acc);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FolderStore {
+    fn describe(&self) -> String {
+        format!("folder {}", self.root.display())
+    }
+
+    async fn put(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
+        self.put_sync(key, data)
+    }
+
+    async fn get(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_sync(key, max_len)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        self.delete_sync(key)
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        self.list_sync(prefix)
+    }
+
+    fn changes(&self, prefix: &Key) -> Changes {
+        use notify::Watcher;
+        let notify = Arc::new(Notify::new());
+        let dir = self.path(prefix);
+        let _ = fs::create_dir_all(&dir);
+        let watcher = if self.opts.watch {
+            let n = notify.clone();
+            let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                        n.notify_one();
+                    }
+                }
+            });
+            match w {
+                Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::Recursive) {
+                    Ok(()) => Some(w),
+                    Err(e) => {
+                        tracing::warn!("cannot watch {}: {e}; relying on rescans", dir.display());
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("no file-system notifications: {e}; relying on rescans");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(every) = self.opts.rescan {
+            let (n, stop, dir) = (notify.clone(), stop.clone(), dir.clone());
+            std::thread::Builder::new()
+                .name("dmp-rescan".into())
+                .spawn(move || {
+                    let mut last = 0u64;
+                    fingerprint(&dir, 3, &mut last);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(every);
+                        let mut now = 0u64;
+                        fingerprint(&dir, 3, &mut now);
+                        if now != last {
+                            last = now;
+                            n.notify_one();
+                        }
+                    }
+                })
+                .expect("spawn rescan thread");
+        }
+        Changes::new(notify, Box::new(FolderWatch { _watcher: watcher, stop }))
+    }
+
+    fn notifies(&self) -> bool {
+        self.opts.watch
+    }
+}

@@ -1,0 +1,186 @@
+//! The `Store` trait, the only I/O seam between the protocols and storage,
+//! and its adapters.
+
+mod folder;
+mod memory;
+mod spec;
+
+pub use folder::{FolderOptions, FolderStore};
+pub use memory::MemoryStore;
+pub use spec::{StoreSpec, default_store_path};
+
+use async_trait::async_trait;
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// A store key: a relative path of one or more components joined by `/`.
+/// Every component is lower-case ASCII (`a-z 0-9 . _ -`), 1 to 128 bytes,
+/// not starting with `.`. Keys the protocol builds always pass; names read
+/// from a listing are checked with [`is_valid_component`] before use.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// Builds a key from components, checking each one.
+    pub fn new<I, S>(parts: I) -> Result<Key, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut s = String::new();
+        for p in parts {
+            let p = p.as_ref();
+            if !is_valid_component(p) {
+                return Err(StoreError::BadKey(format!("{p:?}")));
+            }
+            if !s.is_empty() {
+                s.push('/');
+            }
+            s.push_str(p);
+        }
+        if s.is_empty() {
+            return Err(StoreError::BadKey("empty key".into()));
+        }
+        Ok(Key(s))
+    }
+
+    /// The root of the store (the empty key), for `list` and `changes` only.
+    pub fn root() -> Key {
+        Key(String::new())
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// This key with one more component.
+    pub fn join(&self, part: &str) -> Result<Key, StoreError> {
+        if !is_valid_component(part) {
+            return Err(StoreError::BadKey(format!("{part:?}")));
+        }
+        if self.0.is_empty() {
+            return Ok(Key(part.to_owned()));
+        }
+        Ok(Key(format!("{}/{}", self.0, part)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|c| !c.is_empty())
+    }
+
+    /// The last component.
+    pub fn name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// True when `self` is `prefix` or lies below it.
+    pub fn starts_with(&self, prefix: &Key) -> bool {
+        prefix.0.is_empty()
+            || self.0 == prefix.0
+            || (self.0.starts_with(&prefix.0) && self.0.as_bytes().get(prefix.0.len()) == Some(&b'/'))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// True for a name that may be one component of a [`Key`].
+pub fn is_valid_component(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 128
+        && !p.starts_with('.')
+        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// What went wrong talking to a store. Cloneable so that a state machine can
+/// receive it as an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store}: {op} {key}: {msg}")]
+    Io { store: String, op: &'static str, key: String, msg: String },
+    #[error("{store}: {key} is {len} bytes, more than the {max} allowed")]
+    TooLarge { store: String, key: String, len: u64, max: u64 },
+    #[error("{store}: {key} is not a regular file (symlink, directory or device); ignored")]
+    NotAFile { store: String, key: String },
+    #[error("{store}: the store is full: {msg}")]
+    Full { store: String, msg: String },
+    #[error("{store}: access denied: {msg}")]
+    Denied { store: String, msg: String },
+    #[error("{store}: {op} is not supported by this store")]
+    Unsupported { store: String, op: &'static str },
+    #[error("invalid store key {0}")]
+    BadKey(String),
+    #[error("invalid store {0}")]
+    BadSpec(String),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (I/O hiccup, store full, ...).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Io { .. } | StoreError::Full { .. })
+    }
+}
+
+/// A wake-up signal: fires when something under the watched prefix may
+/// have changed. Spurious wake-ups are allowed; missed ones are not (a
+/// notification that arrives while nobody waits is kept).
+pub struct Changes {
+    notify: Arc<Notify>,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Changes {
+    pub fn new(notify: Arc<Notify>, guard: Box<dyn Send + Sync>) -> Changes {
+        Changes { notify, _guard: guard }
+    }
+
+    /// A signal that never fires (for stores without change notification:
+    /// the caller's poll timer does the work).
+    pub fn never() -> Changes {
+        Changes { notify: Arc::new(Notify::new()), _guard: Box::new(()) }
+    }
+
+    /// Waits until something may have changed.
+    pub async fn changed(&mut self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Storage both parties can reach. Every adapter is a few calls wide.
+///
+/// Contract (checked by the store contract suite in `tests/store_contract.rs`):
+/// - `put` is atomic: a reader sees the whole object or nothing, never part.
+/// - `get` of an absent key is `Ok(None)`, not an error; an object larger
+///   than `max_len` is an error, and nothing is read past it.
+/// - `delete` of an absent key succeeds.
+/// - `list` returns the names directly below `prefix` (objects and
+///   sub-prefixes alike), unsorted; an absent prefix lists as empty.
+/// - `changes` wakes the caller when something below `prefix` may have
+///   changed; a store that cannot tell returns [`Changes::never`] and the
+///   caller polls.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short human-readable name of the store, for logs and errors.
+    fn describe(&self) -> String;
+    async fn put(&self, key: &Key, data: &[u8]) -> Result<(), StoreError>;
+    async fn get(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn delete(&self, key: &Key) -> Result<(), StoreError>;
+    async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError>;
+    fn changes(&self, prefix: &Key) -> Changes;
+    /// True when `changes` is a real notification, so that the caller may
+    /// poll rarely.
+    fn notifies(&self) -> bool {
+        false
+    }
+}
+
+/// A shared handle to any store.
+pub type DynStore = Arc<dyn Store>;

@@ -1,0 +1,127 @@
+//! dmp-ping-client: ping(8) over a store. Sends requests into the client's
+//! outbox and times the server's replies.
+
+use clap::Parser;
+use dmp_cli::{Common, Exit};
+use dmp_core::PeerId;
+use dmp_core::proto::mailbox::LinkConfig;
+use dmp_core::proto::ping::{PingConfig, PingEvent};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Ping a dmp-ping-server through a shared store, like ping(8).
+///
+/// Examples:
+///   dmp-ping-client bob alice -c 3
+///   dmp-ping-client bob alice --store ~/Dropbox/dmp -i 0.2 -W 30
+///   dmp-ping-client bob alice -c 1 -W 20 -q --json
+#[derive(Parser, Debug)]
+#[command(version, about, verbatim_doc_comment)]
+struct Cli {
+    /// The server's peer id.
+    #[arg(value_name = "SERVER-ID")]
+    server: PeerId,
+    /// This client's peer id.
+    #[arg(value_name = "CLIENT-ID")]
+    client: PeerId,
+    /// Stop after COUNT requests (default: until interrupted).
+    #[arg(short = 'c', long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Seconds between requests (fractions allowed).
+    #[arg(short = 'i', long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    interval: Duration,
+    /// Seconds to wait for each reply (synced folders can be slow).
+    #[arg(short = 'W', long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    wait: Duration,
+    /// Print one JSON object at the end instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.001..=86_400.0).contains(&v) {
+        return Err(format!("{s:?}: must be between 0.001 and 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn fmt_ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.3}")
+    } else if ms < 100.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+fn fmt_pct(p: f64) -> String {
+    if (p - p.round()).abs() < 1e-9 { format!("{p:.0}") } else { format!("{p:.1}") }
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = dmp_cli::parse();
+    cli.common.init_logging();
+    dmp_cli::runtime().block_on(run(cli)).into()
+}
+
+async fn run(cli: Cli) -> Exit {
+    let (spec, store) = match cli.common.open_store().await {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
+    let text = !cli.json;
+    let quiet = cli.common.quiet;
+    if text {
+        println!("PING {} from {} via {}", cli.server, cli.client, spec);
+    }
+    let cfg = PingConfig { count: cli.count, interval: cli.interval, wait: cli.wait, link: LinkConfig::default() };
+    let server = cli.server.clone();
+    let wait = cli.wait;
+    let summary = dmp_core::drive::run_ping_client(
+        store.as_ref(),
+        cli.client.clone(),
+        cli.server.clone(),
+        cfg,
+        |ev| match ev {
+            PingEvent::Reply { seq, rtt } if text && !quiet => {
+                println!("reply from {server}: seq={seq} time={} ms", fmt_ms(*rtt));
+            }
+            PingEvent::Lost { seq } if text && !quiet => {
+                println!("seq={seq}: no answer from {server} within {} s", wait.as_secs_f64());
+            }
+            PingEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
+            PingEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
+            _ => {}
+        },
+        dmp_cli::shutdown_signal(),
+    )
+    .await;
+    let st = summary.stats();
+    if cli.json {
+        let v = serde_json::json!({
+            "server": cli.server.as_str(),
+            "client": cli.client.as_str(),
+            "sent": summary.sent,
+            "received": summary.received,
+            "loss_pct": summary.loss_pct(),
+            "rtt_ms": { "min": st.min, "avg": st.avg, "max": st.max, "mdev": st.mdev, "p50": st.p50, "p99": st.p99 },
+        });
+        println!("{v}");
+    } else {
+        println!();
+        println!("--- {} ping statistics ---", cli.server);
+        println!("{} sent, {} received, {}% loss", summary.sent, summary.received, fmt_pct(summary.loss_pct()));
+        if summary.received > 0 {
+            println!("rtt min/avg/max/mdev = {:.3}/{:.3}/{:.3}/{:.3} ms", st.min, st.avg, st.max, st.mdev);
+        }
+    }
+    if summary.received > 0 { Exit::Ok } else { Exit::Failed }
+}

@@ -1,0 +1,65 @@
+//! dmp-ping-server: a liveness responder that answers every ping addressed
+//! to it through the store, until SIGINT or SIGTERM.
+
+use clap::Parser;
+use dmp_cli::{Common, Exit};
+use dmp_core::PeerId;
+use dmp_core::proto::mailbox::LinkConfig;
+use dmp_core::proto::ping::ServerEvent;
+use std::process::ExitCode;
+
+/// Answer pings from any number of dmp-ping-client instances through a
+/// shared store. Runs until SIGINT or SIGTERM, then removes its own files.
+///
+/// Examples:
+///   dmp-ping-server bob
+///   dmp-ping-server bob --store ~/Dropbox/dmp -v
+#[derive(Parser, Debug)]
+#[command(version, about, verbatim_doc_comment)]
+struct Cli {
+    /// This server's peer id.
+    #[arg(value_name = "SERVER-ID")]
+    server: PeerId,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = dmp_cli::parse();
+    cli.common.init_logging();
+    dmp_cli::runtime().block_on(run(cli)).into()
+}
+
+async fn run(cli: Cli) -> Exit {
+    let (spec, store) = match cli.common.open_store().await {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
+    tracing::info!("{} answering pings in {spec}", cli.server);
+    let res = dmp_core::drive::run_ping_server(
+        store.as_ref(),
+        cli.server.clone(),
+        LinkConfig::default(),
+        |ev| match ev {
+            ServerEvent::NewClient(c) => tracing::info!("watching for pings from {c}"),
+            ServerEvent::Answered { client, seq } => tracing::debug!("answered {client} message {seq}"),
+            ServerEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
+            ServerEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
+        },
+        dmp_cli::shutdown_signal(),
+    )
+    .await;
+    match res {
+        Ok(()) => {
+            tracing::info!("stopped; own files removed");
+            Exit::Ok
+        }
+        Err(e) => {
+            dmp_cli::report(&e.into());
+            Exit::Usage
+        }
+    }
+}
