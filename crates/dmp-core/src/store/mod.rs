@@ -1,6 +1,7 @@
 //! The `Store` trait, the only I/O seam between the protocols and storage,
 //! and its adapters.
 
+pub mod contract;
 mod folder;
 mod memory;
 mod spec;
