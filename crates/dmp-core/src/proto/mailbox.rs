@@ -3,10 +3,13 @@
 //!
 //! One [`Link`] joins `me` and `peer`. Its outgoing half writes message files
 //! into `me`'s outbox, `<me>/<peer>/<session>-<seq>.msg`, once each, and
-//! deletes them when the peer's cumulative acknowledgement covers them. Its
-//! incoming half lists `<peer>/<me>/`, fetches and verifies the peer's
-//! messages, delivers them exactly once and in order, and acknowledges them
-//! cumulatively in `<me>/<peer>/ack`, a file of its own outbox.
+//! deletes them when the peer's cumulative acknowledgement covers them; it
+//! keeps `<me>/<peer>/head` (its session and lowest unacknowledged number)
+//! up to date. Its incoming half never lists the peer's outbox: it reads the
+//! peer's `head` and fetches the next expected name, verifies each message,
+//! delivers it exactly once and in order, and acknowledges cumulatively in
+//! `<me>/<peer>/ack`, a file of its own outbox. So a peer's outbox may be a
+//! read-only web server that cannot list.
 //!
 //! Feed it [`Input`]s with the current time; take back [`Output`]s.
 
@@ -19,6 +22,8 @@ use std::time::Duration;
 
 /// Name of the cumulative acknowledgement file in a channel directory.
 pub const ACK_NAME: &str = "ack";
+/// Name of the file announcing the sender's session and base.
+pub const HEAD_NAME: &str = "head";
 /// Largest ack file accepted.
 pub const MAX_ACK_LEN: u64 = 1024;
 
@@ -89,6 +94,9 @@ pub struct LinkConfig {
     pub window: u64,
     /// Most of the peer's messages fetched ahead of delivery.
     pub readahead: u64,
+    /// Least time between two reads of the peer's `head` once its session
+    /// is known (zero: at every wake; fine for a local folder).
+    pub head_every: Duration,
     /// First retry delay after a failed operation; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -99,6 +107,7 @@ impl Default for LinkConfig {
         LinkConfig {
             window: 64,
             readahead: 16,
+            head_every: Duration::ZERO,
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(5),
         }
@@ -179,12 +188,18 @@ pub struct Link {
     recover_pending: bool,
     recovered: bool,
 
+    head_key_out: Key,
+    head_key_in: Key,
+    /// Base last written to my head file, and whether a write is under way.
+    head_written: u64,
+    head_put_pending: bool,
+
     // Incoming.
     delivered: u64,
-    listed: BTreeMap<u64, BTreeSet<u64>>,
     fetching: BTreeSet<u64>,
     buffered: BTreeMap<u64, Envelope>,
-    list_pending: bool,
+    head_get_pending: bool,
+    last_head_read: Option<Duration>,
     fetch_fail: BTreeMap<u64, (u32, Duration)>,
     /// Ack file: what is written, and whether a write is under way.
     ack_written: u64,
@@ -212,6 +227,8 @@ impl Link {
         let in_dir = Key::new([peer.as_str(), me.as_str()]).expect("peer ids are valid keys");
         let ack_key_out = out_dir.join(ACK_NAME).expect("valid");
         let ack_key_in = in_dir.join(ACK_NAME).expect("valid");
+        let head_key_out = out_dir.join(HEAD_NAME).expect("valid");
+        let head_key_in = in_dir.join(HEAD_NAME).expect("valid");
         let delivered = state.committed;
         Link {
             me,
@@ -231,11 +248,15 @@ impl Link {
             ack_get_pending: false,
             recover_pending: false,
             recovered: false,
+            head_key_out,
+            head_key_in,
+            head_written: 0,
+            head_put_pending: false,
             delivered,
-            listed: BTreeMap::new(),
             fetching: BTreeSet::new(),
             buffered: BTreeMap::new(),
-            list_pending: false,
+            head_get_pending: false,
+            last_head_read: None,
             fetch_fail: BTreeMap::new(),
             ack_put_pending: false,
             out: Vec::new(),
@@ -304,9 +325,18 @@ impl Link {
 
     /// Something may have changed: look again.
     pub fn wake(&mut self, now: Duration) {
-        if !self.list_pending {
-            self.list_pending = true;
-            self.out.push(Output::Op(Op::List(self.in_dir.clone())));
+        let head_due = self.state.peer_session.is_none()
+            || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.cfg.head_every);
+        if head_due && !self.head_get_pending {
+            self.head_get_pending = true;
+            self.last_head_read = Some(now);
+            self.out.push(Output::Op(Op::Get(self.head_key_in.clone(), MAX_ACK_LEN)));
+        }
+        if let Some(session) = self.state.peer_session {
+            let next = self.delivered + 1;
+            if !self.buffered.contains_key(&next) {
+                self.fetch(now, session, next);
+            }
         }
         if !self.inflight.is_empty() && !self.ack_get_pending {
             self.ack_get_pending = true;
@@ -355,8 +385,17 @@ impl Link {
     pub fn on_result(&mut self, now: Duration, res: OpResult) {
         match res {
             OpResult::Listed(k, r) if k == self.out_dir && self.recover_pending => self.on_recover(now, r),
-            OpResult::Listed(k, r) if k == self.in_dir => self.on_listed(now, r),
             OpResult::Got(k, r) if k == self.ack_key_in => self.on_ack(now, r),
+            OpResult::Got(k, r) if k == self.head_key_in => self.on_head(now, r),
+            OpResult::Put(k, r) if k == self.head_key_out => {
+                self.head_put_pending = false;
+                if let Err(e) = r {
+                    tracing::debug!("writing head failed, will retry: {e}");
+                    self.head_written = 0;
+                    self.schedule(now + self.cfg.min_backoff * 4);
+                }
+                self.write_head();
+            }
             OpResult::Got(k, r) => self.on_fetched(now, k, r),
             OpResult::Put(k, r) if k == self.ack_key_out => {
                 self.ack_put_pending = false;
@@ -411,7 +450,30 @@ impl Link {
         if !self.ack_put_pending && self.ack_written < self.state.committed {
             self.write_ack(now);
         }
+        self.write_head();
         self.pump(now);
+    }
+
+    /// Announces my session and base in my `head` file (coalesced: one
+    /// write at a time, rewritten when the base moved meanwhile).
+    fn write_head(&mut self) {
+        let base = self.state.acked + 1;
+        if !self.recovered || self.head_put_pending || self.head_written == base {
+            return;
+        }
+        let env = Envelope {
+            flags: 0,
+            kind: Kind::Head,
+            sender: self.me.clone(),
+            recipient: self.peer.clone(),
+            session: self.state.session,
+            seq: self.state.next_seq - 1,
+            base,
+            payload: Vec::new(),
+        };
+        self.head_put_pending = true;
+        self.head_written = base;
+        self.out.push(Output::Op(Op::Put(self.head_key_out.clone(), env.encode())));
     }
 
     // ---- outgoing -------------------------------------------------------
@@ -452,6 +514,7 @@ impl Link {
         for seq in self.state.acked + 1..self.state.next_seq {
             self.inflight.entry(seq).or_insert(OutMsg::Written);
         }
+        self.write_head();
         self.pump(now);
     }
 
@@ -556,6 +619,7 @@ impl Link {
             }
         }
         self.out.push(Output::Acked(ack.upto));
+        self.write_head();
         self.pump(now);
     }
 
@@ -565,52 +629,73 @@ impl Link {
         self.out.push(Output::Rejected { key, reason });
     }
 
-    fn on_listed(&mut self, now: Duration, r: Result<Vec<String>, StoreError>) {
-        self.list_pending = false;
-        let names = match r {
-            Ok(n) => n,
+    fn on_head(&mut self, now: Duration, r: Result<Option<Vec<u8>>, StoreError>) {
+        self.head_get_pending = false;
+        let bytes = match r {
+            Ok(Some(b)) => b,
+            Ok(None) => return, // the peer has not started yet
             Err(e) => {
-                tracing::debug!("listing {} failed: {e}", self.in_dir);
+                self.reject(self.head_key_in.clone(), e.to_string());
                 self.schedule(now + self.cfg.min_backoff * 4);
                 return;
             }
         };
-        self.listed.clear();
-        for name in &names {
-            if let Some((session, seq)) = parse_msg_name(name) {
-                self.listed.entry(session).or_default().insert(seq);
+        let env = match Envelope::decode(&bytes, Some(&self.me)) {
+            Ok(e) if e.kind == Kind::Head && e.sender == self.peer && e.base >= 1 => e,
+            Ok(_) => {
+                self.reject(self.head_key_in.clone(), "head file of the wrong kind or sender".into());
+                return;
             }
-        }
+            Err(e) => {
+                self.reject(self.head_key_in.clone(), e.to_string());
+                self.schedule(now + self.cfg.min_backoff * 4);
+                return;
+            }
+        };
+        self.enter(env.session, env.base);
         self.fetch_more(now);
     }
 
-    /// The session being received: the known one, unless the peer started
-    /// a newer one (it lost its state and will never send the rest of the
-    /// old one), or the newest present when none is known yet.
-    fn current_session(&self) -> Option<u64> {
-        let newest = self.listed.keys().next_back().copied();
-        match (self.state.peer_session, newest) {
-            (Some(s), Some(n)) if n > s => Some(n),
-            (Some(s), _) => Some(s),
-            (None, n) => n,
+    /// Applies what the peer announces: its `session`, and `base`, the
+    /// lowest number it has not seen acknowledged. A newer session means the
+    /// peer lost its state and will never send the rest of the old one; a
+    /// base beyond what was delivered here means my state was rolled back
+    /// (the peer holds my acknowledgement for those), so skip to it.
+    fn enter(&mut self, session: u64, base: u64) {
+        match self.state.peer_session {
+            Some(s) if session < s => {} // stale
+            Some(s) if session == s => {
+                if base > self.delivered + 1 {
+                    tracing::warn!(
+                        peer = %self.peer, delivered = self.delivered, base,
+                        "the peer's messages start after what was delivered here; skipping ahead"
+                    );
+                    self.delivered = base - 1;
+                    self.state.committed = self.state.committed.max(base - 1);
+                    self.buffered.retain(|s, _| *s >= base);
+                    self.dirty = true;
+                }
+            }
+            _ => {
+                tracing::debug!(peer = %self.peer, session, base, "receiving a new session");
+                self.state.peer_session = Some(session);
+                self.state.committed = base - 1;
+                self.delivered = base - 1;
+                self.buffered.clear();
+                self.fetching.clear();
+                self.fetch_fail.clear();
+                self.ack_written = 0;
+                self.dirty = true;
+            }
         }
     }
 
+    /// Fetches the next expected messages: after progress, a window ahead;
+    /// otherwise just the next one.
     fn fetch_more(&mut self, now: Duration) {
-        let Some(session) = self.current_session() else { return };
-        let Some(set) = self.listed.get(&session) else { return };
-        let known = self.state.peer_session == Some(session);
-        let next = self.delivered + 1;
-        let seqs: Vec<u64> = if known && set.contains(&next) {
-            set.range(next..=self.delivered + self.cfg.readahead).copied().collect()
-        } else {
-            // Entering a session, or the next message is not visible: fetch
-            // the lowest one present to learn its base (where the peer
-            // believes the unacknowledged messages start).
-            set.range(if known { next + 1 } else { 0 }..).next().copied().into_iter().collect()
-        };
-        for seq in seqs {
-            if !(known && self.buffered.contains_key(&seq)) {
+        let Some(session) = self.state.peer_session else { return };
+        for seq in self.delivered + 1..=self.delivered + self.cfg.readahead.max(1) {
+            if !self.buffered.contains_key(&seq) {
                 self.fetch(now, session, seq);
             }
         }
@@ -646,7 +731,7 @@ impl Link {
         self.fetching.remove(&seq);
         let bytes = match r {
             Ok(Some(b)) => b,
-            Ok(None) => return, // deleted or not yet visible; a later listing tells
+            Ok(None) => return, // not yet visible (or deleted): looked for again at the next wake
             Err(e) => {
                 self.fetch_failed(now, seq, key, e.to_string());
                 return;
@@ -659,7 +744,11 @@ impl Link {
                 return;
             }
         };
-        if env.sender != self.peer || env.session != session || env.seq != seq || env.kind == Kind::Ack {
+        if env.sender != self.peer
+            || env.session != session
+            || env.seq != seq
+            || matches!(env.kind, Kind::Ack | Kind::Head)
+        {
             self.fetch_failed(now, seq, key, "envelope does not match its file name".into());
             return;
         }
@@ -669,32 +758,9 @@ impl Link {
         }
         self.fetch_fail.remove(&seq);
         if Some(session) != self.state.peer_session {
-            if Some(session) != self.current_session() {
-                return; // an older session, no longer wanted
-            }
-            // Enter the session at its base: everything before it was
-            // acknowledged to the peer (by an earlier incarnation of me).
-            tracing::debug!(peer = %self.peer, session, base = env.base, "receiving a new session");
-            self.state.peer_session = Some(session);
-            self.state.committed = env.base - 1;
-            self.delivered = env.base - 1;
-            self.buffered.clear();
-            self.fetch_fail.clear();
-            self.ack_written = 0;
-            self.dirty = true;
-        } else if env.base > self.delivered + 1 {
-            // The peer holds an acknowledgement from me beyond what I
-            // remember (my state was rolled back): it will never send the
-            // messages in between again.
-            tracing::warn!(
-                peer = %self.peer, delivered = self.delivered, base = env.base,
-                "peer's messages start after what was delivered here; skipping ahead"
-            );
-            self.delivered = env.base - 1;
-            self.state.committed = self.state.committed.max(env.base - 1);
-            self.buffered.retain(|s, _| *s >= env.base);
-            self.dirty = true;
+            return; // an older session, no longer wanted
         }
+        self.enter(session, env.base);
         if seq <= self.delivered {
             return; // a duplicate
         }
@@ -702,11 +768,14 @@ impl Link {
             return;
         }
         self.buffered.insert(seq, env);
+        let before = self.delivered;
         while let Some(env) = self.buffered.remove(&(self.delivered + 1)) {
             self.delivered += 1;
             self.out.push(Output::Deliver(env));
         }
-        self.fetch_more(now);
+        if self.delivered > before {
+            self.fetch_more(now);
+        }
     }
 
     fn write_ack(&mut self, _now: Duration) {
@@ -732,5 +801,9 @@ impl Link {
 
 /// True for names a link may find in a channel directory.
 pub fn is_protocol_name(name: &str) -> bool {
-    is_valid_component(name) && (name == ACK_NAME || parse_msg_name(name).is_some())
+    is_valid_component(name) && (name == ACK_NAME || name == HEAD_NAME || parse_msg_name(name).is_some())
 }
+
+#[cfg(test)]
+#[path = "mailbox_tests.rs"]
+mod tests;

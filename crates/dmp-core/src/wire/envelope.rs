@@ -45,6 +45,8 @@ pub const MAX_ENVELOPE_LEN: usize = HEADER_FIXED_LEN + 64 + 64 + MAX_PAYLOAD_LEN
 pub enum Kind {
     /// Cumulative acknowledgement of the reverse channel (the `ack` file).
     Ack = 0x01,
+    /// The sender's current session and base (the `head` file).
+    Head = 0x02,
     /// Ping request.
     Ping = 0x10,
     /// Ping reply.
@@ -69,6 +71,7 @@ impl Kind {
     pub fn from_u8(b: u8) -> Option<Kind> {
         Some(match b {
             0x01 => Kind::Ack,
+            0x02 => Kind::Head,
             0x10 => Kind::Ping,
             0x11 => Kind::Pong,
             0x20 => Kind::Offer,
