@@ -88,7 +88,12 @@ impl Common {
 
 /// Parses the command line; a usage error prints one line and exits 2.
 pub fn parse<T: Parser>() -> T {
-    match T::try_parse() {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse`] for a given argument list.
+pub fn parse_from<T: Parser>(args: impl IntoIterator<Item = std::ffi::OsString>) -> T {
+    match T::try_parse_from(args) {
         Ok(t) => t,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -146,4 +151,32 @@ pub async fn shutdown_signal() {
 /// A single-threaded runtime: the tools are I/O-light and latency-bound.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+/// A progress bar on stderr with bytes, rate and ETA, or nothing when
+/// stderr is not a terminal or output is quiet.
+pub fn progress_bar(quiet: bool, prefix: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.to_owned());
+    Some(pb)
+}
+
+/// Parses a number of seconds (fractions allowed) for timeouts and intervals.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.001..=31_536_000.0).contains(&v) {
+        return Err(format!("{s:?}: must be between 0.001 and 31536000 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
 }

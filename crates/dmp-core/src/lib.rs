@@ -9,6 +9,8 @@
 pub mod drive;
 pub mod id;
 pub mod proto;
+pub mod size;
+pub mod state;
 pub mod store;
 pub mod wire;
 

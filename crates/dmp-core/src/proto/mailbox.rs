@@ -16,6 +16,7 @@
 use crate::id::PeerId;
 use crate::store::{Key, StoreError, is_valid_component};
 use crate::wire::{Envelope, Kind, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub const MAX_ACK_LEN: u64 = 1024;
 pub enum Op {
     List(Key),
     Get(Key, u64),
-    Put(Key, Vec<u8>),
+    Put(Key, Bytes),
     Delete(Key),
 }
 
@@ -161,7 +162,7 @@ impl AckBody {
 #[derive(Debug)]
 enum OutMsg {
     /// Written or being written; the bytes are kept until the write succeeds.
-    Writing(Vec<u8>),
+    Writing(Bytes),
     Written,
 }
 
@@ -200,6 +201,8 @@ pub struct Link {
     buffered: BTreeMap<u64, Envelope>,
     head_get_pending: bool,
     last_head_read: Option<Duration>,
+    /// The peer's head file was seen, then found absent: it cleaned up.
+    peer_gone: bool,
     fetch_fail: BTreeMap<u64, (u32, Duration)>,
     /// Ack file: what is written, and whether a write is under way.
     ack_written: u64,
@@ -257,6 +260,7 @@ impl Link {
             buffered: BTreeMap::new(),
             head_get_pending: false,
             last_head_read: None,
+            peer_gone: false,
             fetch_fail: BTreeMap::new(),
             ack_put_pending: false,
             out: Vec::new(),
@@ -291,6 +295,12 @@ impl Link {
     /// The directory of my outbox that this link writes.
     pub fn out_dir(&self) -> &Key {
         &self.out_dir
+    }
+
+    /// True when the peer's head file, once seen, has disappeared: the peer
+    /// finished and removed its files.
+    pub fn peer_gone(&self) -> bool {
+        self.peer_gone
     }
 
     /// Messages queued or in the store, not yet acknowledged.
@@ -473,7 +483,7 @@ impl Link {
         };
         self.head_put_pending = true;
         self.head_written = base;
-        self.out.push(Output::Op(Op::Put(self.head_key_out.clone(), env.encode())));
+        self.out.push(Output::Op(Op::Put(self.head_key_out.clone(), env.encode().into())));
     }
 
     // ---- outgoing -------------------------------------------------------
@@ -536,12 +546,21 @@ impl Link {
                 base: self.state.acked + 1,
                 payload,
             };
-            self.inflight.insert(seq, OutMsg::Writing(env.encode()));
+            self.inflight.insert(seq, OutMsg::Writing(env.encode().into()));
             self.issue_put(seq);
         }
     }
 
+    /// Writes message `seq`. Message files are written one at a time and in
+    /// order, so that after a crash the written ones are exactly those up to
+    /// the highest one found in the outbox: there is never a gap.
     fn issue_put(&mut self, seq: u64) {
+        if !self.put_pending.is_empty() {
+            return;
+        }
+        if self.inflight.range(..seq).any(|(_, m)| matches!(m, OutMsg::Writing(_))) {
+            return;
+        }
         if let Some(OutMsg::Writing(bytes)) = self.inflight.get(&seq) {
             let key = self.out_dir.join(&msg_name(self.state.session, seq)).expect("valid");
             self.put_pending.insert(seq);
@@ -558,6 +577,9 @@ impl Link {
                     *m = OutMsg::Written;
                 }
                 self.dirty = true;
+                if let Some((&next, _)) = self.inflight.iter().find(|(_, m)| matches!(m, OutMsg::Writing(_))) {
+                    self.issue_put(next);
+                }
             }
             Err(e) => {
                 tracing::debug!("writing {key} failed, will retry: {e}");
@@ -599,7 +621,7 @@ impl Link {
         if ack.session != self.state.session || ack.upto <= self.state.acked {
             return; // stale, or for an earlier session
         }
-        let written_upto = self.state.next_seq - 1;
+        let written_upto = self.snapshot().next_seq - 1;
         if ack.upto > written_upto {
             self.reject(
                 self.ack_key_in.clone(),
@@ -633,7 +655,11 @@ impl Link {
         self.head_get_pending = false;
         let bytes = match r {
             Ok(Some(b)) => b,
-            Ok(None) => return, // the peer has not started yet
+            Ok(None) => {
+                // Not started yet, or finished and cleaned up.
+                self.peer_gone = self.state.peer_session.is_some();
+                return;
+            }
             Err(e) => {
                 self.reject(self.head_key_in.clone(), e.to_string());
                 self.schedule(now + self.cfg.min_backoff * 4);
@@ -652,6 +678,7 @@ impl Link {
                 return;
             }
         };
+        self.peer_gone = false;
         self.enter(env.session, env.base);
         self.fetch_more(now);
     }
@@ -795,7 +822,7 @@ impl Link {
         };
         self.ack_put_pending = true;
         self.ack_written = self.state.committed;
-        self.out.push(Output::Op(Op::Put(self.ack_key_out.clone(), env.encode())));
+        self.out.push(Output::Op(Op::Put(self.ack_key_out.clone(), env.encode().into())));
     }
 }
 

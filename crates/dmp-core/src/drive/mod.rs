@@ -223,3 +223,5 @@ pub async fn run_ping_server(
     }
     Ok(())
 }
+
+pub mod dftp;

@@ -1,0 +1,557 @@
+//! Runs the DFTP sender and receiver machines: store operations, local file
+//! reads and writes, state files, change signals, timeouts and Ctrl-C.
+
+use super::{Clock, Poller, cleanup_link_dir, fresh_session, perform};
+use crate::id::PeerId;
+use crate::proto::dftp::{
+    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState,
+};
+use crate::proto::dftp_msg::{Offer, check_file_name, parse_chunk_object_name};
+use crate::proto::mailbox::{Op, OpResult};
+use crate::state;
+use crate::store::{Key, Store, StoreError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How a transfer ended, other than by success.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The receiver refused the offer (or the sender's, reported back).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Verification failed beyond retries, the peer aborted, a local file failed.
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out: no progress from {peer} for {secs} s")]
+    TimedOut { peer: String, secs: u64 },
+    #[error("interrupted; run the same command again to resume")]
+    Interrupted,
+    /// The store or a local path cannot be used at all (exit 2).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl From<StoreError> for TransferError {
+    fn from(e: StoreError) -> Self {
+        TransferError::Setup(e.to_string())
+    }
+}
+
+/// Progress for a progress bar: bytes done of total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Settings of a send.
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    pub file: PathBuf,
+    pub cfg: SendConfig,
+    /// Where to keep resume state (`None`: no resume).
+    pub state_file: Option<PathBuf>,
+    /// Give up when the receiver shows no progress for this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What a finished send reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct SendReport {
+    pub file: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub sha256: String,
+    /// Bytes published by this run.
+    pub sent_bytes: u64,
+    /// Bytes already delivered when this run started (resumed transfers).
+    pub resumed_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SendStateFile {
+    /// Identifies the file: size and modification time.
+    file_id: String,
+    machine: SenderState,
+}
+
+fn file_id(meta: &std::fs::Metadata) -> String {
+    let mtime =
+        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    format!("{}:{}", meta.len(), mtime)
+}
+
+/// Waits for a change, a deadline, the poll timer or shutdown.
+async fn wait_any(
+    changes: &mut crate::store::Changes,
+    clock: &Clock,
+    deadline: Option<Duration>,
+    poll: Duration,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> bool {
+    let mut until = clock.now() + poll;
+    if let Some(d) = deadline {
+        until = until.min(d);
+    }
+    tokio::select! {
+        _ = changes.changed() => true,
+        _ = tokio::time::sleep_until(clock.instant(until).into()) => true,
+        _ = shutdown => false,
+    }
+}
+
+/// Removes every chunk object left in my outbox towards `peer` (a fresh
+/// transfer starts clean).
+async fn remove_stale_chunks(store: &dyn Store, dir: &Key) {
+    if let Ok(names) = store.list(dir).await {
+        for n in names.iter().filter(|n| parse_chunk_object_name(n).is_some()) {
+            if let Ok(k) = dir.join(n) {
+                let _ = store.delete(&k).await;
+            }
+        }
+    }
+}
+
+/// Sends one file to `peer`, resuming an interrupted transfer of the same
+/// file when a state file says so.
+pub async fn send_file(
+    store: &dyn Store,
+    me: PeerId,
+    peer: PeerId,
+    opts: SendOptions,
+    mut progress: impl FnMut(Progress),
+    shutdown: impl Future<Output = ()>,
+) -> Result<SendReport, TransferError> {
+    let clock = Clock::start();
+    let started = Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let file = File::open(&opts.file)
+        .map_err(|e| TransferError::Setup(format!("cannot open {}: {e}", opts.file.display())))?;
+    let meta = file.metadata().map_err(|e| TransferError::Setup(format!("{}: {e}", opts.file.display())))?;
+    if !meta.is_file() {
+        return Err(TransferError::Setup(format!("{} is not a regular file", opts.file.display())));
+    }
+    let name = opts
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| TransferError::Setup(format!("{}: the file name is not UTF-8", opts.file.display())))?
+        .to_owned();
+    check_file_name(&name).map_err(|e| TransferError::Setup(format!("cannot send this file: {e}")))?;
+    let fid = file_id(&meta);
+
+    // Resume when the state matches this very file.
+    let mut restored = None;
+    if let Some(p) = &opts.state_file {
+        match state::load::<SendStateFile>(p) {
+            Ok(Some(s)) if s.file_id == fid && s.machine.offer.name == name => restored = Some(s.machine),
+            Ok(Some(_)) => {
+                tracing::warn!("{} changed since the interrupted transfer; starting over", opts.file.display());
+                state::remove(p);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    let mut cfg = opts.cfg.clone();
+    let out_dir = Key::new([me.as_str(), peer.as_str()])?;
+    let offer = match &restored {
+        Some(st) => {
+            if st.offer.block_size != cfg.block_size {
+                tracing::info!("resuming with the interrupted transfer's block size {}", st.offer.block_size);
+                cfg.block_size = st.offer.block_size;
+            }
+            tracing::info!(transfer = %st.offer.transfer, "resuming");
+            st.offer.clone()
+        }
+        None => {
+            remove_stale_chunks(store, &out_dir).await;
+            Offer {
+                transfer: format!("{:016x}", fastrand::u64(..)),
+                name: name.clone(),
+                size: meta.len(),
+                block_size: cfg.block_size,
+            }
+        }
+    };
+    let total = offer.size;
+    let mut m = DftpSender::new(me, peer.clone(), cfg, offer, restored, fresh_session(), clock.now());
+    let mut changes = store.changes(m.link().in_dir());
+    let mut poller = Poller::for_store(store);
+    let mut last_progress = (clock.now(), m.acked_bytes(), m.phase());
+    m.wake(clock.now());
+    let outcome = loop {
+        let mut ended = None;
+        loop {
+            let outs = m.take_outputs();
+            if outs.is_empty() {
+                break;
+            }
+            for o in outs {
+                match o {
+                    SendOut::Op(op) => {
+                        let res = perform(store, op).await;
+                        m.on_result(clock.now(), res);
+                    }
+                    SendOut::Read { index, offset, len } => {
+                        let mut buf = vec![0u8; len as usize];
+                        let r =
+                            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf)).map_err(|e| e.to_string());
+                        m.on_read(clock.now(), index, r);
+                    }
+                    SendOut::Persist => {
+                        if let Some(p) = &opts.state_file {
+                            let s = SendStateFile { file_id: fid.clone(), machine: m.snapshot() };
+                            if let Err(e) = state::save(p, &s) {
+                                tracing::warn!("{e}");
+                            }
+                        }
+                    }
+                    SendOut::Accepted => tracing::info!("{peer} accepted the offer"),
+                    SendOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
+                    SendOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
+                    SendOut::Finished { sha256 } => ended = Some(Ok(sha256)),
+                    SendOut::Rejected { key, reason } => tracing::debug!("not yet usable: {key}: {reason}"),
+                    SendOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
+                }
+            }
+        }
+        let now = clock.now();
+        let cur = (m.acked_bytes(), m.phase());
+        if (cur.0, cur.1) != (last_progress.1, last_progress.2) {
+            last_progress = (now, cur.0, cur.1);
+            poller.activity();
+            progress(Progress { done: cur.0, total });
+        }
+        if let Some(e) = ended {
+            break e;
+        }
+        if let Some(t) = opts.timeout {
+            if now.saturating_sub(last_progress.0) >= t {
+                break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
+            }
+        }
+        let poll = poller.next_delay();
+        if !wait_any(&mut changes, &clock, m.deadline(), poll, &mut shutdown).await {
+            break Err(TransferError::Interrupted);
+        }
+        m.wake(clock.now());
+    };
+    match outcome {
+        Ok(sha256) => {
+            progress(Progress { done: total, total });
+            cleanup_link_dir(store, m.link().out_dir()).await;
+            if let Some(p) = &opts.state_file {
+                state::remove(p);
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            Ok(SendReport {
+                file: name,
+                bytes: total,
+                seconds,
+                mb_per_s: total as f64 / 1_048_576.0 / seconds.max(1e-9),
+                sha256,
+                sent_bytes: m.sent_bytes,
+                resumed_bytes: m.resumed_bytes,
+            })
+        }
+        Err(TransferError::Refused(r)) => {
+            // Over for good: leave nothing behind.
+            cleanup_link_dir(store, m.link().out_dir()).await;
+            if let Some(p) = &opts.state_file {
+                state::remove(p);
+            }
+            Err(TransferError::Refused(r))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Settings of a receive.
+#[derive(Clone, Debug)]
+pub struct RecvOptions {
+    pub dir: PathBuf,
+    pub overwrite: bool,
+    pub cfg: RecvConfig,
+    pub state_file: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    /// After finishing, how long to wait for the sender to see it.
+    pub linger: Duration,
+}
+
+/// What a finished receive reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecvReport {
+    pub file: String,
+    pub path: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub sha256: String,
+    /// Bytes written by this run.
+    pub written_bytes: u64,
+}
+
+/// The temporary file of a transfer in the target directory.
+pub fn temp_path(dir: &Path, offer: &Offer) -> PathBuf {
+    dir.join(format!(".dftp-{}.part", offer.transfer))
+}
+
+struct Target {
+    dir: PathBuf,
+    overwrite: bool,
+    file: Option<File>,
+    offer: Option<Offer>,
+}
+
+impl Target {
+    fn prepare(&mut self, offer: &Offer, resume: bool) -> Result<(), String> {
+        let final_path = self.dir.join(&offer.name);
+        let tmp = temp_path(&self.dir, offer);
+        if !resume {
+            match std::fs::symlink_metadata(&final_path) {
+                Ok(m) if m.is_dir() => return Err(format!("{} exists and is a directory", offer.name)),
+                Ok(_) if !self.overwrite => {
+                    return Err(format!("{} already exists on the receiving side (use --overwrite)", offer.name));
+                }
+                _ => {}
+            }
+            let have_tmp = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            if let Ok(avail) = fs4::available_space(&self.dir) {
+                let need = offer.size.saturating_sub(have_tmp);
+                if avail < need {
+                    return Err(format!("not enough free space: {} needs {need} bytes, {avail} available", offer.name));
+                }
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            self.file = Some(f);
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| format!("the partial file {} is gone ({e}); start both sides again", tmp.display()))?;
+            self.file = Some(f);
+        }
+        self.offer = Some(offer.clone());
+        Ok(())
+    }
+
+    fn finalize(&mut self) -> Result<PathBuf, String> {
+        let offer = self.offer.clone().ok_or("no transfer")?;
+        let f = self.file.take().ok_or("no open file")?;
+        f.set_len(offer.size).map_err(|e| e.to_string())?;
+        f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+        drop(f);
+        let tmp = temp_path(&self.dir, &offer);
+        let dest = self.dir.join(&offer.name);
+        if !self.overwrite {
+            // Never replace a file that appeared meanwhile: link fails if it exists.
+            match std::fs::hard_link(&tmp, &dest) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(format!("{} appeared meanwhile; not replaced (use --overwrite)", offer.name));
+                }
+                Err(_) => std::fs::rename(&tmp, &dest).map_err(|e| format!("rename: {e}"))?,
+            }
+        } else {
+            std::fs::rename(&tmp, &dest).map_err(|e| format!("rename: {e}"))?;
+        }
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(dest)
+    }
+}
+
+/// Receives one file from `peer` into `opts.dir`.
+pub async fn receive_file(
+    store: &dyn Store,
+    me: PeerId,
+    peer: PeerId,
+    opts: RecvOptions,
+    mut progress: impl FnMut(Progress, Option<&Offer>),
+    shutdown: impl Future<Output = ()>,
+) -> Result<RecvReport, TransferError> {
+    let clock = Clock::start();
+    let started = Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
+    match std::fs::metadata(&opts.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(TransferError::Setup(format!("{} is not a directory", opts.dir.display()))),
+        Err(e) => return Err(TransferError::Setup(format!("{}: {e}", opts.dir.display()))),
+    }
+    let mut restored = None;
+    if let Some(p) = &opts.state_file {
+        match state::load::<ReceiverState>(p) {
+            Ok(s) => restored = s,
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    let mut target = Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None };
+    let mut m = DftpReceiver::new(me, peer.clone(), opts.cfg.clone(), restored, fresh_session(), clock.now());
+    let mut changes = store.changes(m.link().in_dir());
+    let mut poller = Poller::for_store(store);
+    let mut last = (clock.now(), 0u64, m.phase());
+    let mut final_path: Option<PathBuf> = None;
+    m.wake(clock.now());
+    let outcome: Result<String, TransferError> = loop {
+        let mut ended = None;
+        loop {
+            let outs = m.take_outputs();
+            if outs.is_empty() {
+                break;
+            }
+            for o in outs {
+                let now = clock.now();
+                match o {
+                    RecvOut::Op(op) => {
+                        let res = perform(store, op).await;
+                        m.on_result(clock.now(), res);
+                    }
+                    RecvOut::Persist => {
+                        if let Some(p) = &opts.state_file {
+                            if let Err(e) = state::save(p, &m.snapshot()) {
+                                tracing::warn!("{e}");
+                            }
+                        }
+                    }
+                    RecvOut::Prepare { offer, resume } => {
+                        let r = target.prepare(&offer, resume);
+                        m.on_prepared(now, r);
+                    }
+                    RecvOut::Write { index, offset, data } => {
+                        let r = match &target.file {
+                            Some(f) => f.write_all_at(&data, offset).map_err(|e| e.to_string()),
+                            None => Err("no open file".into()),
+                        };
+                        m.on_written(now, index, r);
+                    }
+                    RecvOut::ReadBack { offset, len } => {
+                        let r = match &target.file {
+                            Some(f) => {
+                                let mut buf = vec![0u8; len as usize];
+                                f.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf)).map_err(|e| e.to_string())
+                            }
+                            None => Err("no open file".into()),
+                        };
+                        m.on_read_back(now, r);
+                    }
+                    RecvOut::Finalize { .. } => {
+                        let r = target.finalize().map(|p| {
+                            final_path = Some(p);
+                        });
+                        m.on_finalized(now, r);
+                    }
+                    RecvOut::Discard { offer } => {
+                        target.file = None;
+                        let _ = std::fs::remove_file(temp_path(&opts.dir, &offer));
+                    }
+                    RecvOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
+                    RecvOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
+                    RecvOut::Finished { sha256 } => ended = Some(Ok(sha256)),
+                    RecvOut::Rejected { key, reason } => tracing::debug!("not yet usable: {key}: {reason}"),
+                    RecvOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
+                }
+            }
+        }
+        let now = clock.now();
+        let cur = (m.done_bytes(), m.phase());
+        if cur != (last.1, last.2) {
+            last = (now, cur.0, cur.1);
+            poller.activity();
+        }
+        if let Some(o) = m.offer() {
+            progress(Progress { done: cur.0, total: o.size }, Some(o));
+        }
+        if let Some(e) = ended {
+            break e;
+        }
+        if let Some(t) = opts.timeout {
+            if now.saturating_sub(last.0) >= t {
+                break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
+            }
+        }
+        let poll = poller.next_delay();
+        if !wait_any(&mut changes, &clock, m.deadline(), poll, &mut shutdown).await {
+            break Err(TransferError::Interrupted);
+        }
+        m.wake(clock.now());
+    };
+    let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));
+    if over_for_good {
+        // Let the sender read our last message (finished or refused), then
+        // leave nothing behind.
+        linger(store, &mut m, &clock, &mut changes, opts.linger, &mut shutdown).await;
+        cleanup_link_dir(store, m.link().out_dir()).await;
+        if let Some(p) = &opts.state_file {
+            state::remove(p);
+        }
+    }
+    let sha256 = outcome?;
+    let offer = m.offer().cloned().expect("finished transfers have an offer");
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RecvReport {
+        file: offer.name.clone(),
+        path: final_path.unwrap_or_else(|| opts.dir.join(&offer.name)).display().to_string(),
+        bytes: offer.size,
+        seconds,
+        mb_per_s: offer.size as f64 / 1_048_576.0 / seconds.max(1e-9),
+        sha256,
+        written_bytes: m.written_bytes,
+    })
+}
+
+/// Keeps the link going until our messages are acknowledged or the peer
+/// has cleaned up, at most `max`.
+async fn linger(
+    store: &dyn Store,
+    m: &mut DftpReceiver,
+    clock: &Clock,
+    changes: &mut crate::store::Changes,
+    max: Duration,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) {
+    let until = clock.now() + max;
+    let mut poller = Poller::new(Duration::from_millis(20), Duration::from_millis(500));
+    loop {
+        loop {
+            let ops: Vec<Op> = m
+                .take_outputs()
+                .into_iter()
+                .filter_map(|o| match o {
+                    RecvOut::Op(op) => Some(op),
+                    _ => None,
+                })
+                .collect();
+            if ops.is_empty() {
+                break;
+            }
+            for op in ops {
+                let res: OpResult = perform(store, op).await;
+                m.on_result(clock.now(), res);
+            }
+        }
+        if m.link().unacked() == 0 || m.link().peer_gone() || clock.now() >= until {
+            return;
+        }
+        if !wait_any(changes, clock, Some(until), poller.next_delay(), shutdown).await {
+            return;
+        }
+        m.wake(clock.now());
+    }
+}

@@ -1,0 +1,102 @@
+//! Local state files: where each tool keeps what it needs to resume.
+//!
+//! Files live in `$DMP_STATE_DIR`, else `<per-user state dir>/dmp`
+//! (`~/.local/state/dmp` on Linux), one per (tool, store, parties, target),
+//! named by a hash of those. Each is JSON followed by a line holding its
+//! SHA-256, written to a temporary name, synced and renamed into place: a
+//! torn or altered file is detected and treated as absent.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The directory for state files.
+pub fn state_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DMP_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    dirs::state_dir().or_else(dirs::data_local_dir).map(|d| d.join("dmp"))
+}
+
+/// The state file for `tool` with the identifying `parts`.
+pub fn state_file(tool: &str, parts: &[&str]) -> Option<PathBuf> {
+    let joined = parts.join("\n");
+    let h = crate::wire::sha256_hex(joined.as_bytes());
+    state_dir().map(|d| d.join(format!("{tool}-{}.json", &h[..24])))
+}
+
+/// Why a state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {msg}")]
+    Io { path: String, msg: String },
+    #[error("state file {path} is damaged ({why}); ignoring it")]
+    Damaged { path: String, why: String },
+}
+
+/// Loads a state file; `Ok(None)` when there is none.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::Io { path: path.display().to_string(), msg: e.to_string() }),
+    };
+    let damaged = |why: &str| StateError::Damaged { path: path.display().to_string(), why: why.into() };
+    let (body, sum) = text.trim_end().rsplit_once('\n').ok_or_else(|| damaged("no checksum line"))?;
+    if crate::wire::sha256_hex(body.as_bytes()) != sum {
+        return Err(damaged("checksum mismatch"));
+    }
+    serde_json::from_str(body).map(Some).map_err(|e| damaged(&e.to_string()))
+}
+
+/// Saves a state file atomically (temporary name, fsync, rename).
+pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let io = |e: std::io::Error| StateError::Io { path: path.display().to_string(), msg: e.to_string() };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let body = serde_json::to_string(value).expect("state serializes");
+    let sum = crate::wire::sha256_hex(body.as_bytes());
+    let tmp = path.with_extension(format!("tmp{:08x}", fastrand::u32(..)));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.write_all(sum.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(io)
+}
+
+/// Removes a state file (absent is fine).
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        assert_eq!(load::<Vec<u32>>(&p).unwrap(), None);
+        save(&p, &vec![1u32, 2, 3]).unwrap();
+        assert_eq!(load::<Vec<u32>>(&p).unwrap(), Some(vec![1, 2, 3]));
+        let text = std::fs::read_to_string(&p).unwrap();
+        // A torn write: any prefix is rejected.
+        for n in [0, 1, text.len() / 2, text.len() - 2] {
+            std::fs::write(&p, &text[..n]).unwrap();
+            assert!(load::<Vec<u32>>(&p).is_err() || n == 0, "prefix {n} accepted");
+        }
+        std::fs::write(&p, text.replace('2', "7")).unwrap();
+        assert!(matches!(load::<Vec<u32>>(&p), Err(StateError::Damaged { .. })));
+    }
+}
