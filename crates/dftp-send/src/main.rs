@@ -74,8 +74,8 @@ fn main() -> ExitCode {
         eprintln!("error: --block-size must be between 1 byte and {}", ByteSize(MAX_BLOCK_SIZE));
         return Exit::Usage.into();
     }
-    if cli.quota.is_some_and(|q| q.0 == 0) {
-        eprintln!("error: --quota must be at least 1 byte");
+    if cli.quota.is_some_and(|q| q.0 < cli.block_size.0) {
+        eprintln!("error: --quota ({}) must be at least the block size ({})", cli.quota.unwrap_or(ByteSize(0)), cli.block_size);
         return Exit::Usage.into();
     }
     dmp_cli::runtime().block_on(run(cli)).into()
@@ -94,9 +94,6 @@ async fn run(cli: Cli) -> Exit {
         "send",
         &[&spec.identity(), cli.sender.as_str(), cli.receiver.as_str(), &canonical.to_string_lossy()],
     );
-    if cli.quota.is_some_and(|q| q.0 < cli.block_size.0) {
-        tracing::warn!("the quota is smaller than one block: one chunk at a time will exceed it");
-    }
     let opts = SendOptions {
         file: cli.file.clone(),
         cfg: SendConfig {

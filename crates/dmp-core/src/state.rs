@@ -3,8 +3,8 @@
 //! Files live in `$DMP_STATE_DIR`, else `<per-user state dir>/dmp`
 //! (`~/.local/state/dmp` on Linux), one per (tool, store, parties, target),
 //! named by a hash of those. Each is JSON followed by a line holding its
-//! SHA-256, written to a temporary name, synced and renamed into place: a
-//! torn or altered file is detected and treated as absent.
+//! SHA-256, written to a temporary name and renamed into place: a torn or
+//! altered file is detected and treated as absent.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,7 +50,11 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     serde_json::from_str(body).map(Some).map_err(|e| damaged(&e.to_string()))
 }
 
-/// Saves a state file atomically (temporary name, fsync, rename).
+/// Saves a state file atomically (temporary name, then rename). It is not
+/// fsynced: that would force the file system to flush every dirty page of
+/// the transfer with it (ext4 ordered mode), many times a second. A process
+/// crash loses nothing; a power loss may roll the state back, which the
+/// protocol recovers from (docs/PROTOCOL.md, "Restarts").
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let io = |e: std::io::Error| StateError::Io { path: path.display().to_string(), msg: e.to_string() };
     if let Some(dir) = path.parent() {
@@ -65,7 +69,6 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
         f.write_all(b"\n")?;
         f.write_all(sum.as_bytes())?;
         f.write_all(b"\n")?;
-        f.sync_data()?;
         std::fs::rename(&tmp, path)
     })();
     if res.is_err() {

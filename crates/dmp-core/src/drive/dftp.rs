@@ -181,7 +181,18 @@ pub async fn send_file(
         }
     };
     let total = offer.size;
+    let resumed = restored.is_some();
     let mut m = DftpSender::new(me, peer.clone(), cfg, offer, restored, fresh_session(), clock.now());
+    if resumed {
+        // Chunks written just before the interruption still take up quota.
+        let mut found = Vec::new();
+        for n in store.list(&out_dir).await.unwrap_or_default() {
+            if let Some((index, _)) = parse_chunk_object_name(&n).filter(|(i, _)| *i < m.offer().chunks()) {
+                found.push((index, m.offer().chunk_span(index).1));
+            }
+        }
+        m.note_existing_chunks(found);
+    }
     let mut changes = store.changes(m.link().in_dir());
     let mut poller = Poller::for_store(store);
     let mut last_progress = (clock.now(), m.acked_bytes(), m.phase());

@@ -131,6 +131,9 @@ pub struct DftpSender {
     hashed: u64,
     /// After a restart: re-reading `[0, next_index)` to rebuild the hash.
     rehashing: bool,
+    /// Chunk objects found in the store at a restart beyond the resume
+    /// point (written before the crash): counted as staged until published.
+    preexisting: BTreeMap<u64, u64>,
     /// Bytes of chunks published by this run.
     pub sent_bytes: u64,
     /// Bytes already acknowledged when this run started (resume point).
@@ -175,6 +178,7 @@ impl DftpSender {
             hasher: Sha256::new(),
             hashed: 0,
             rehashing: resumed && st.next_index > 0 && st.phase == SendPhase::Sending,
+            preexisting: BTreeMap::new(),
             sent_bytes: 0,
             resumed_bytes: 0,
             st,
@@ -214,6 +218,17 @@ impl DftpSender {
         let unacked: u64 = self.st.published.values().map(|p| p.len).sum();
         (self.st.next_index * self.st.offer.block_size).min(self.st.offer.size).saturating_sub(unacked)
     }
+    /// After a restart: chunk objects of mine found in the store, as
+    /// (index, length). Those beyond the resume point count as staged.
+    pub fn note_existing_chunks(&mut self, chunks: impl IntoIterator<Item = (u64, u64)>) {
+        for (index, len) in chunks {
+            let known = self.st.published.values().any(|p| p.index == index);
+            if index >= self.st.next_index && !known && self.preexisting.insert(index, len).is_none() {
+                self.staged += len;
+            }
+        }
+    }
+
     /// Bytes of chunk objects currently staged in the store.
     pub fn staged_bytes(&self) -> u64 {
         self.staged
@@ -371,11 +386,14 @@ impl DftpSender {
             let (_, len) = self.st.offer.chunk_span(self.read_next);
             let pending: u64 =
                 self.ready.values().map(|d| d.len() as u64).sum::<u64>() + self.reading * self.st.offer.block_size;
-            // Always allow one chunk, even if it alone exceeds the quota.
-            if self.staged + pending + len > limit && self.staged + pending > 0 {
+            let counted = self.preexisting.contains_key(&self.read_next);
+            if !counted && self.staged + pending + len > limit {
                 break;
             }
-            self.staged += len;
+            if !counted {
+                self.staged += len;
+            }
+            self.preexisting.remove(&self.read_next);
             self.issue_read(self.read_next);
         }
         if self.st.next_index >= chunks && self.putting.is_empty() && self.st.phase == SendPhase::Sending {

@@ -279,8 +279,12 @@ impl Store for FolderStore {
     fn changes(&self, prefix: &Key) -> Changes {
         use notify::Watcher;
         let notify = Arc::new(Notify::new());
-        let dir = self.path(prefix);
-        let _ = fs::create_dir_all(&dir);
+        // Watch the prefix if it exists; else the whole store (the prefix
+        // may be a peer's directory, which is not ours to create).
+        let dir = match fs::symlink_metadata(self.path(prefix)) {
+            Ok(m) if m.is_dir() => self.path(prefix),
+            _ => self.root.clone(),
+        };
         let watcher = if self.opts.watch {
             let n = notify.clone();
             let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
