@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn plain_names_pass() {
-        for ok in ["a", "report.pdf", "x y.tar.gz", ".bashrc", "données.txt", "con.txt.bak2", "COM0"] {
+        for ok in ["a", "report.pdf", "x y.tar.gz", ".bashrc", "données.txt", "icon.txt", "COM0", "console"] {
             assert_eq!(check_file_name(ok), Ok(()), "{ok}");
         }
     }
