@@ -14,6 +14,7 @@
 //! Feed it [`Input`]s with the current time; take back [`Output`]s.
 
 use crate::id::PeerId;
+use bytes::Bytes;
 use crate::store::{Key, StoreError, is_valid_component};
 use crate::wire::{Envelope, Kind, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN};
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ pub const MAX_ACK_LEN: u64 = 1024;
 pub enum Op {
     List(Key),
     Get(Key, u64),
-    Put(Key, Vec<u8>),
+    Put(Key, Bytes),
     Delete(Key),
 }
 
@@ -161,7 +162,7 @@ impl AckBody {
 #[derive(Debug)]
 enum OutMsg {
     /// Written or being written; the bytes are kept until the write succeeds.
-    Writing(Vec<u8>),
+    Writing(Bytes),
     Written,
 }
 
@@ -183,6 +184,14 @@ pub struct Link {
     put_pending: BTreeSet<u64>,
     put_retry_at: Option<Duration>,
     deleting: BTreeSet<u64>,
+    /// Deletes that failed with a transient error, to retry after a back-off.
+    delete_retry: BTreeSet<Key>,
+    /// After a failed write (head, ack, delete) or listing, none is retried
+    /// before this time, so a failing store is not hammered in a loop.
+    write_retry_at: Option<Duration>,
+    write_fails: u32,
+    /// The recovery listing failed and must be issued again.
+    relist: bool,
     ack_get_pending: bool,
     /// Set when my own outbox must be listed (after a restart).
     recover_pending: bool,
@@ -245,6 +254,10 @@ impl Link {
             put_pending: BTreeSet::new(),
             put_retry_at: None,
             deleting: BTreeSet::new(),
+            delete_retry: BTreeSet::new(),
+            write_retry_at: None,
+            write_fails: 0,
+            relist: false,
             ack_get_pending: false,
             recover_pending: false,
             recovered: false,
@@ -389,33 +402,52 @@ impl Link {
             OpResult::Got(k, r) if k == self.head_key_in => self.on_head(now, r),
             OpResult::Put(k, r) if k == self.head_key_out => {
                 self.head_put_pending = false;
-                if let Err(e) = r {
-                    tracing::debug!("writing head failed, will retry: {e}");
-                    self.head_written = 0;
-                    self.schedule(now + self.cfg.min_backoff * 4);
+                match r {
+                    Ok(()) => {
+                        self.write_fails = 0;
+                        self.write_head();
+                    }
+                    Err(e) => {
+                        tracing::debug!("writing head failed, will retry: {e}");
+                        self.head_written = 0;
+                        self.write_failed(now);
+                    }
                 }
-                self.write_head();
             }
             OpResult::Got(k, r) => self.on_fetched(now, k, r),
             OpResult::Put(k, r) if k == self.ack_key_out => {
                 self.ack_put_pending = false;
                 match r {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        self.write_fails = 0;
+                        self.write_ack(now);
+                    }
                     Err(e) => {
                         tracing::debug!("writing ack failed, will retry: {e}");
                         self.ack_written = 0;
-                        self.schedule(now + self.cfg.min_backoff * 4);
+                        self.write_failed(now);
                     }
                 }
-                self.write_ack(now);
             }
             OpResult::Put(k, r) => self.on_put(now, k, r),
             OpResult::Deleted(k, r) => {
-                if let Some((_, seq)) = parse_msg_name(k.name()) {
-                    self.deleting.remove(&seq);
-                }
-                if let Err(e) = r {
-                    tracing::debug!("delete {k} failed: {e}");
+                let seq = parse_msg_name(k.name()).map(|(_, seq)| seq);
+                match r {
+                    Err(e) if e.is_transient() => {
+                        // Still counts against the window until it is gone.
+                        tracing::debug!("delete {k} failed, will retry: {e}");
+                        self.delete_retry.insert(k);
+                        self.write_failed(now);
+                    }
+                    r => {
+                        if let Err(e) = r {
+                            tracing::warn!("delete {k} failed: {e}");
+                        }
+                        if let Some(seq) = seq {
+                            self.deleting.remove(&seq);
+                        }
+                        self.pump(now);
+                    }
                 }
             }
             OpResult::Listed(_, _) => {}
@@ -424,6 +456,14 @@ impl Link {
 
     fn schedule(&mut self, t: Duration) {
         self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    /// A write or listing failed: retry the failed ones after a growing back-off.
+    fn write_failed(&mut self, now: Duration) {
+        self.write_fails = self.write_fails.saturating_add(1);
+        let t = now + self.backoff(self.write_fails);
+        self.write_retry_at = Some(t);
+        self.schedule(t);
     }
 
     fn backoff(&self, fails: u32) -> Duration {
@@ -446,6 +486,18 @@ impl Link {
             for s in seqs {
                 self.issue_put(s);
             }
+        }
+        if self.write_retry_at.is_some_and(|t| t > now) {
+            self.pump(now);
+            return;
+        }
+        self.write_retry_at = None;
+        if self.relist {
+            self.relist = false;
+            self.out.push(Output::Op(Op::List(self.out_dir.clone())));
+        }
+        for key in std::mem::take(&mut self.delete_retry) {
+            self.out.push(Output::Op(Op::Delete(key)));
         }
         if !self.ack_put_pending && self.ack_written < self.state.committed {
             self.write_ack(now);
@@ -473,7 +525,7 @@ impl Link {
         };
         self.head_put_pending = true;
         self.head_written = base;
-        self.out.push(Output::Op(Op::Put(self.head_key_out.clone(), env.encode())));
+        self.out.push(Output::Op(Op::Put(self.head_key_out.clone(), env.encode().into())));
     }
 
     // ---- outgoing -------------------------------------------------------
@@ -483,7 +535,8 @@ impl Link {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!("listing my outbox failed, will retry: {e}");
-                self.out.push(Output::Op(Op::List(self.out_dir.clone())));
+                self.relist = true;
+                self.write_failed(now);
                 return;
             }
         };
@@ -496,6 +549,7 @@ impl Link {
                 // Left over from an earlier session of mine: nobody will ack it.
                 self.out.push(Output::Op(Op::Delete(key)));
             } else if seq <= self.state.acked {
+                self.deleting.insert(seq);
                 self.out.push(Output::Op(Op::Delete(key)));
             } else {
                 // Written before a crash: keep it in flight, and never reuse its number.
@@ -522,7 +576,9 @@ impl Link {
         if !self.recovered {
             return;
         }
-        while (self.inflight.len() as u64) < self.cfg.window {
+        // Files acknowledged but not yet deleted still count: the store never
+        // holds more than `window` of my message files.
+        while ((self.inflight.len() + self.deleting.len()) as u64) < self.cfg.window {
             let Some((kind, payload)) = self.queue.pop_front() else { break };
             let seq = self.state.next_seq;
             self.state.next_seq += 1;
@@ -536,12 +592,21 @@ impl Link {
                 base: self.state.acked + 1,
                 payload,
             };
-            self.inflight.insert(seq, OutMsg::Writing(env.encode()));
+            self.inflight.insert(seq, OutMsg::Writing(env.encode().into()));
             self.issue_put(seq);
         }
     }
 
+    /// Writes message `seq`. Message files are written one at a time and in
+    /// order, so that after a crash the written ones are exactly those up to
+    /// the highest one found in the outbox: there is never a gap.
     fn issue_put(&mut self, seq: u64) {
+        if !self.put_pending.is_empty() {
+            return;
+        }
+        if self.inflight.range(..seq).any(|(_, m)| matches!(m, OutMsg::Writing(_))) {
+            return;
+        }
         if let Some(OutMsg::Writing(bytes)) = self.inflight.get(&seq) {
             let key = self.out_dir.join(&msg_name(self.state.session, seq)).expect("valid");
             self.put_pending.insert(seq);
@@ -554,14 +619,19 @@ impl Link {
         self.put_pending.remove(&seq);
         match r {
             Ok(()) => {
+                self.write_fails = 0;
                 if let Some(m) = self.inflight.get_mut(&seq) {
                     *m = OutMsg::Written;
                 }
                 self.dirty = true;
+                if let Some((&next, _)) = self.inflight.iter().find(|(_, m)| matches!(m, OutMsg::Writing(_))) {
+                    self.issue_put(next);
+                }
             }
             Err(e) => {
                 tracing::debug!("writing {key} failed, will retry: {e}");
-                let t = now + self.backoff(2);
+                self.write_fails = self.write_fails.saturating_add(1);
+                let t = now + self.backoff(self.write_fails.max(2));
                 self.put_retry_at = Some(t);
                 self.schedule(t);
             }
@@ -599,7 +669,7 @@ impl Link {
         if ack.session != self.state.session || ack.upto <= self.state.acked {
             return; // stale, or for an earlier session
         }
-        let written_upto = self.state.next_seq - 1;
+        let written_upto = self.snapshot().next_seq - 1;
         if ack.upto > written_upto {
             self.reject(
                 self.ack_key_in.clone(),
@@ -795,7 +865,7 @@ impl Link {
         };
         self.ack_put_pending = true;
         self.ack_written = self.state.committed;
-        self.out.push(Output::Op(Op::Put(self.ack_key_out.clone(), env.encode())));
+        self.out.push(Output::Op(Op::Put(self.ack_key_out.clone(), env.encode().into())));
     }
 }
 
