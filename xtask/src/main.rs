@@ -1,1 +1,51 @@
-fn main() {}
+//! Development tasks for the workspace, run as `cargo xtask <command>`
+//! (the rust-analyzer xtask pattern; the alias is in .cargo/config.toml).
+
+mod bench;
+mod demo;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  test [ARGS...]          format check, build every binary, run every test
+                          (DMP_BIN_DIR points the end-to-end tests at the
+                          binaries; ARGS go to cargo test, e.g. a name filter)
+  ci                      the same as test (what .ci/run calls)
+  demo                    run the main job on a temporary local-folder store:
+                          a ping server and client, then a DFTP file transfer
+  bench [--quick] [NAME]  benchmarks in release mode; a Markdown table on
+                          stdout and target/bench.json (bench --help lists them)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let res = match cmd.as_str() {
+        "test" | "ci" => test::run_suite(rest),
+        "demo" if rest.is_empty() => demo::run(),
+        "bench" => bench::run(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("unknown command or argument: {}\n\n{USAGE}", args.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -75,7 +75,11 @@ fn main() -> ExitCode {
         return Exit::Usage.into();
     }
     if cli.quota.is_some_and(|q| q.0 < cli.block_size.0) {
-        eprintln!("error: --quota ({}) must be at least the block size ({})", cli.quota.unwrap_or(ByteSize(0)), cli.block_size);
+        eprintln!(
+            "error: --quota ({}) must be at least the block size ({})",
+            cli.quota.unwrap_or(ByteSize(0)),
+            cli.block_size
+        );
         return Exit::Usage.into();
     }
     dmp_cli::runtime().block_on(run(cli)).into()

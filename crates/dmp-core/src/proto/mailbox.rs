@@ -184,6 +184,14 @@ pub struct Link {
     put_pending: BTreeSet<u64>,
     put_retry_at: Option<Duration>,
     deleting: BTreeSet<u64>,
+    /// Deletes that failed with a transient error, to retry after a back-off.
+    delete_retry: BTreeSet<Key>,
+    /// After a failed write (head, ack, delete) or listing, none is retried
+    /// before this time, so a failing store is not hammered in a loop.
+    write_retry_at: Option<Duration>,
+    write_fails: u32,
+    /// The recovery listing failed and must be issued again.
+    relist: bool,
     ack_get_pending: bool,
     /// Set when my own outbox must be listed (after a restart).
     recover_pending: bool,
@@ -248,6 +256,10 @@ impl Link {
             put_pending: BTreeSet::new(),
             put_retry_at: None,
             deleting: BTreeSet::new(),
+            delete_retry: BTreeSet::new(),
+            write_retry_at: None,
+            write_fails: 0,
+            relist: false,
             ack_get_pending: false,
             recover_pending: false,
             recovered: false,
@@ -399,33 +411,52 @@ impl Link {
             OpResult::Got(k, r) if k == self.head_key_in => self.on_head(now, r),
             OpResult::Put(k, r) if k == self.head_key_out => {
                 self.head_put_pending = false;
-                if let Err(e) = r {
-                    tracing::debug!("writing head failed, will retry: {e}");
-                    self.head_written = 0;
-                    self.schedule(now + self.cfg.min_backoff * 4);
+                match r {
+                    Ok(()) => {
+                        self.write_fails = 0;
+                        self.write_head();
+                    }
+                    Err(e) => {
+                        tracing::debug!("writing head failed, will retry: {e}");
+                        self.head_written = 0;
+                        self.write_failed(now);
+                    }
                 }
-                self.write_head();
             }
             OpResult::Got(k, r) => self.on_fetched(now, k, r),
             OpResult::Put(k, r) if k == self.ack_key_out => {
                 self.ack_put_pending = false;
                 match r {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        self.write_fails = 0;
+                        self.write_ack(now);
+                    }
                     Err(e) => {
                         tracing::debug!("writing ack failed, will retry: {e}");
                         self.ack_written = 0;
-                        self.schedule(now + self.cfg.min_backoff * 4);
+                        self.write_failed(now);
                     }
                 }
-                self.write_ack(now);
             }
             OpResult::Put(k, r) => self.on_put(now, k, r),
             OpResult::Deleted(k, r) => {
-                if let Some((_, seq)) = parse_msg_name(k.name()) {
-                    self.deleting.remove(&seq);
-                }
-                if let Err(e) = r {
-                    tracing::debug!("delete {k} failed: {e}");
+                let seq = parse_msg_name(k.name()).map(|(_, seq)| seq);
+                match r {
+                    Err(e) if e.is_transient() => {
+                        // Still counts against the window until it is gone.
+                        tracing::debug!("delete {k} failed, will retry: {e}");
+                        self.delete_retry.insert(k);
+                        self.write_failed(now);
+                    }
+                    r => {
+                        if let Err(e) = r {
+                            tracing::warn!("delete {k} failed: {e}");
+                        }
+                        if let Some(seq) = seq {
+                            self.deleting.remove(&seq);
+                        }
+                        self.pump(now);
+                    }
                 }
             }
             OpResult::Listed(_, _) => {}
@@ -434,6 +465,14 @@ impl Link {
 
     fn schedule(&mut self, t: Duration) {
         self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    /// A write or listing failed: retry the failed ones after a growing back-off.
+    fn write_failed(&mut self, now: Duration) {
+        self.write_fails = self.write_fails.saturating_add(1);
+        let t = now + self.backoff(self.write_fails);
+        self.write_retry_at = Some(t);
+        self.schedule(t);
     }
 
     fn backoff(&self, fails: u32) -> Duration {
@@ -456,6 +495,18 @@ impl Link {
             for s in seqs {
                 self.issue_put(s);
             }
+        }
+        if self.write_retry_at.is_some_and(|t| t > now) {
+            self.pump(now);
+            return;
+        }
+        self.write_retry_at = None;
+        if self.relist {
+            self.relist = false;
+            self.out.push(Output::Op(Op::List(self.out_dir.clone())));
+        }
+        for key in std::mem::take(&mut self.delete_retry) {
+            self.out.push(Output::Op(Op::Delete(key)));
         }
         if !self.ack_put_pending && self.ack_written < self.state.committed {
             self.write_ack(now);
@@ -493,7 +544,8 @@ impl Link {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!("listing my outbox failed, will retry: {e}");
-                self.out.push(Output::Op(Op::List(self.out_dir.clone())));
+                self.relist = true;
+                self.write_failed(now);
                 return;
             }
         };
@@ -506,6 +558,7 @@ impl Link {
                 // Left over from an earlier session of mine: nobody will ack it.
                 self.out.push(Output::Op(Op::Delete(key)));
             } else if seq <= self.state.acked {
+                self.deleting.insert(seq);
                 self.out.push(Output::Op(Op::Delete(key)));
             } else {
                 // Written before a crash: keep it in flight, and never reuse its number.
@@ -532,7 +585,9 @@ impl Link {
         if !self.recovered {
             return;
         }
-        while (self.inflight.len() as u64) < self.cfg.window {
+        // Files acknowledged but not yet deleted still count: the store never
+        // holds more than `window` of my message files.
+        while ((self.inflight.len() + self.deleting.len()) as u64) < self.cfg.window {
             let Some((kind, payload)) = self.queue.pop_front() else { break };
             let seq = self.state.next_seq;
             self.state.next_seq += 1;
@@ -573,6 +628,7 @@ impl Link {
         self.put_pending.remove(&seq);
         match r {
             Ok(()) => {
+                self.write_fails = 0;
                 if let Some(m) = self.inflight.get_mut(&seq) {
                     *m = OutMsg::Written;
                 }
@@ -583,7 +639,8 @@ impl Link {
             }
             Err(e) => {
                 tracing::debug!("writing {key} failed, will retry: {e}");
-                let t = now + self.backoff(2);
+                self.write_fails = self.write_fails.saturating_add(1);
+                let t = now + self.backoff(self.write_fails.max(2));
                 self.put_retry_at = Some(t);
                 self.schedule(t);
             }

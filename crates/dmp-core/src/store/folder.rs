@@ -9,12 +9,11 @@
 
 use super::{Changes, Key, Store, StoreError};
 use async_trait::async_trait;
-use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
@@ -38,8 +37,6 @@ impl Default for FolderOptions {
 pub struct FolderStore {
     root: PathBuf,
     opts: FolderOptions,
-    /// Directories already created and checked to be real directories.
-    made: Mutex<HashSet<PathBuf>>,
 }
 
 impl FolderStore {
@@ -62,7 +59,7 @@ impl FolderStore {
             return Err(StoreError::BadSpec(format!("{} is not a directory", root.display())));
         }
         let root = root.canonicalize().unwrap_or(root);
-        Ok(FolderStore { root, opts, made: Mutex::new(HashSet::new()) })
+        Ok(FolderStore { root, opts })
     }
 
     pub fn root(&self) -> &Path {
@@ -88,14 +85,28 @@ impl FolderStore {
         }
     }
 
+    /// Checks that every directory above `key` is a real directory, not a
+    /// symlink or a file planted in the store; `Ok(false)` when one is absent.
+    fn parents_are_dirs(&self, key: &Key) -> Result<bool, StoreError> {
+        let comps: Vec<&str> = key.components().collect();
+        let mut dir = self.root.clone();
+        for c in &comps[..comps.len().saturating_sub(1)] {
+            dir.push(c);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(StoreError::NotAFile { store: self.describe(), key: dir.display().to_string() }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(self.err("stat", key, e)),
+            }
+        }
+        Ok(true)
+    }
+
     /// Creates the parent directories of `key`, refusing to go through a
-    /// symlink or a non-directory planted in the store.
+    /// symlink or a non-directory planted in the store. Checked at every
+    /// put, since a directory may be swapped for a symlink at any time.
     fn ensure_parent(&self, key: &Key) -> Result<PathBuf, StoreError> {
         let path = self.path(key);
-        let parent = path.parent().expect("key has a parent").to_path_buf();
-        if self.made.lock().expect("lock").contains(&parent) {
-            return Ok(path);
-        }
         let mut dir = self.root.clone();
         let comps: Vec<&str> = key.components().collect();
         for c in &comps[..comps.len() - 1] {
@@ -121,7 +132,6 @@ impl FolderStore {
                 Err(e) => return Err(self.err("mkdir", key, e)),
             }
         }
-        self.made.lock().expect("lock").insert(parent);
         Ok(path)
     }
 
@@ -149,6 +159,10 @@ impl FolderStore {
     }
 
     fn get_sync(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        // O_NOFOLLOW guards the last component only.
+        if !self.parents_are_dirs(key)? {
+            return Ok(None);
+        }
         let path = self.path(key);
         let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
         let f = match f {
@@ -186,6 +200,9 @@ impl FolderStore {
     }
 
     fn delete_sync(&self, key: &Key) -> Result<(), StoreError> {
+        if !self.parents_are_dirs(key)? {
+            return Ok(());
+        }
         match fs::remove_file(self.path(key)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -194,6 +211,9 @@ impl FolderStore {
     }
 
     fn list_sync(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        if !prefix.is_root() && !matches!(self.parents_are_dirs(prefix), Ok(true)) {
+            return Ok(Vec::new());
+        }
         let dir = self.path(prefix);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}

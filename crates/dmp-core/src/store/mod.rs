@@ -3,12 +3,22 @@
 
 pub mod contract;
 mod folder;
+mod http;
 mod memory;
+mod retry;
+mod routed;
+mod s3;
 mod spec;
+mod webdav;
 
 pub use folder::{FolderOptions, FolderStore};
+pub use http::HttpStore;
 pub use memory::MemoryStore;
+pub use retry::HttpOptions;
+pub use routed::{PeerOutbox, RoutedStore, default_peers_file, load_peers_file, parse_peers};
+pub use s3::{PutNew, S3Config, S3Store};
 pub use spec::{StoreSpec, default_store_path};
+pub use webdav::{WebDavCredentials, WebDavStore};
 
 use async_trait::async_trait;
 use std::fmt;
@@ -121,12 +131,32 @@ pub enum StoreError {
     BadKey(String),
     #[error("invalid store {0}")]
     BadSpec(String),
+    /// The server could not be reached (connection refused, unknown host,
+    /// no route), even after retries.
+    #[error("{store}: cannot reach the server: {msg}")]
+    Unreachable { store: String, msg: String },
+    /// The server answered with something that is not the object, such as
+    /// an HTML error or login page: "not there yet", never data.
+    #[error("{store}: {key}: the server sent {what} instead of the object")]
+    NotAnObject { store: String, key: String, what: String },
+    /// A redirect that was not followed: writes never follow one, reads
+    /// only to the same host.
+    #[error(
+        "{store}: {op} {key}: redirected to {location}; not followed (only reads follow redirects, and only on the same host)"
+    )]
+    Redirected { store: String, op: &'static str, key: String, location: String },
 }
 
 impl StoreError {
     /// True when retrying later may succeed (I/O hiccup, store full, ...).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Io { .. } | StoreError::Full { .. })
+        matches!(
+            self,
+            StoreError::Io { .. }
+                | StoreError::Full { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::NotAnObject { .. }
+        )
     }
 }
 

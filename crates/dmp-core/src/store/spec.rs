@@ -1,6 +1,8 @@
 //! Store selection: the one `--store` value every tool accepts.
 
-use super::{DynStore, FolderOptions, FolderStore, StoreError};
+use super::{DynStore, FolderOptions, FolderStore, S3Config, S3Store, StoreError, WebDavStore};
+use crate::store::HttpOptions;
+use reqwest::Url;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -8,11 +10,27 @@ use std::sync::Arc;
 
 /// Where the store is, as given by `--store` or `DMP_STORE`.
 ///
-/// Accepted forms: a path (`/srv/dmp`, `./box`, `~/Dropbox/dmp`) or a
-/// `file://` URL (`file:///srv/dmp`).
+/// Accepted forms:
+/// - a path (`/srv/dmp`, `./box`, `~/Dropbox/dmp`) or a `file://` URL
+///   (`file:///srv/dmp`);
+/// - `webdav://host[:port]/path` (WebDAV over http) or
+///   `webdavs://host[:port]/path` (over https), with credentials from
+///   `DMP_STORE_USER`/`DMP_STORE_PASSWORD` or `~/.netrc`;
+/// - `s3://bucket[/prefix]`, with endpoint, region and keys from
+///   `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID` and
+///   `AWS_SECRET_ACCESS_KEY`.
+///
+/// Credentials are never accepted on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreSpec {
     Folder(PathBuf),
+    /// The `http://` or `https://` URL of the WebDAV collection, ending with `/`.
+    WebDav(Url),
+    /// A bucket and a key prefix (no leading or trailing `/`, may be empty).
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl FromStr for StoreSpec {
@@ -34,13 +52,87 @@ impl FromStr for StoreSpec {
             }
             return Ok(StoreSpec::Folder(PathBuf::from(percent_decode(path)?)));
         }
-        if let Some((scheme, _)) = s.split_once("://") {
-            return Err(StoreError::BadSpec(format!(
-                "{s:?}: unsupported scheme {scheme:?} (supported: a path or file:///path)"
-            )));
+        if let Some((scheme, rest)) = s.split_once("://") {
+            match scheme.to_ascii_lowercase().as_str() {
+                "webdav" => return parse_webdav(s, "http", rest),
+                "webdavs" => return parse_webdav(s, "https", rest),
+                "s3" => return parse_s3(s, rest),
+                "http" | "https" => {
+                    return Err(StoreError::BadSpec(format!(
+                        "{s:?}: a plain http(s) URL is read-only; use webdav://... or webdavs://... for a WebDAV \
+                         store, or --peer-outbox ID=URL to read a peer's outbox over HTTP"
+                    )));
+                }
+                _ => {
+                    return Err(StoreError::BadSpec(format!(
+                        "{s:?}: unsupported scheme {scheme:?} (supported: a path, file:///path, \
+                         webdav://host[:port]/path, webdavs://host[:port]/path, s3://bucket/prefix)"
+                    )));
+                }
+            }
         }
         Ok(StoreSpec::Folder(expand_tilde(s)))
     }
+}
+
+/// `webdav[s]://host[:port]/path` as the `http[s]://` URL of the collection.
+fn parse_webdav(s: &str, scheme: &str, rest: &str) -> Result<StoreSpec, StoreError> {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(StoreError::BadSpec(format!("{s:?}: no host, expected webdav://host[:port]/path")));
+    }
+    if authority.contains('@') {
+        return Err(StoreError::BadSpec(format!(
+            "{}: credentials are not accepted on the command line; set DMP_STORE_USER and \
+             DMP_STORE_PASSWORD, or add the host to ~/.netrc",
+            s.split_once("://").map(|(sc, _)| sc).unwrap_or("webdav")
+        )));
+    }
+    let url = Url::parse(&format!("{scheme}://{rest}")).map_err(|e| StoreError::BadSpec(format!("{s:?}: {e}")))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(StoreError::BadSpec(format!("{s:?}: no host, expected webdav://host[:port]/path")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(StoreError::BadSpec(format!("{s:?}: a store URL takes no query or fragment")));
+    }
+    let url = super::http::check_base(url)?;
+    Ok(StoreSpec::WebDav(url))
+}
+
+/// `s3://bucket[/prefix]`.
+fn parse_s3(s: &str, rest: &str) -> Result<StoreSpec, StoreError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.contains('@') || bucket.contains(':') {
+        // Not echoed: it may hold a key.
+        return Err(StoreError::BadSpec(
+            "s3 store: expected s3://bucket/prefix; the endpoint and keys come from AWS_ENDPOINT_URL, \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never from the command line"
+                .into(),
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    let ok_bucket = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && !bucket.starts_with(['.', '-'])
+        && !bucket.ends_with(['.', '-']);
+    if !ok_bucket {
+        return Err(StoreError::BadSpec(format!(
+            "{s:?}: invalid bucket name {bucket:?} (3 to 63 lower-case letters, digits, '.' and '-')"
+        )));
+    }
+    let ok_prefix = prefix.is_empty()
+        || prefix.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+        });
+    if !ok_prefix {
+        return Err(StoreError::BadSpec(format!(
+            "{s:?}: invalid prefix {prefix:?} ('/'-separated segments of letters, digits, '.', '_' and '-')"
+        )));
+    }
+    Ok(StoreSpec::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
 }
 
 fn percent_decode(s: &str) -> Result<String, StoreError> {
@@ -83,6 +175,13 @@ impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreSpec::Folder(p) => write!(f, "{}", p.display()),
+            StoreSpec::WebDav(u) => {
+                let scheme = if u.scheme() == "https" { "webdavs" } else { "webdav" };
+                let rest = u.as_str().split_once("://").map(|(_, r)| r).unwrap_or("");
+                write!(f, "{scheme}://{rest}")
+            }
+            StoreSpec::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            StoreSpec::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -96,6 +195,10 @@ impl StoreSpec {
     pub fn open_with(&self, opts: FolderOptions) -> Result<DynStore, StoreError> {
         match self {
             StoreSpec::Folder(p) => Ok(Arc::new(FolderStore::open(p, opts)?)),
+            StoreSpec::WebDav(u) => Ok(Arc::new(WebDavStore::new(u.clone())?)),
+            StoreSpec::S3 { bucket, prefix } => {
+                Ok(Arc::new(S3Store::new(S3Config::from_env(bucket, prefix)?, HttpOptions::default())?))
+            }
         }
     }
 
@@ -108,6 +211,12 @@ impl StoreSpec {
                     .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.clone()));
                 format!("file://{}", abs.display())
             }
+            StoreSpec::WebDav(_) => self.to_string(),
+            // The same bucket name on another endpoint is another store.
+            StoreSpec::S3 { bucket, prefix } => match S3Config::from_env(bucket, prefix) {
+                Ok(c) => format!("s3://{}/{bucket}/{prefix}", c.endpoint.host_str().unwrap_or_default()),
+                Err(_) => self.to_string(),
+            },
         }
     }
 
@@ -165,6 +274,54 @@ mod tests {
         for bad in ["", "file://relative", "gopher://x/y", "file:///a%zz", "a\nb"] {
             assert!(bad.parse::<StoreSpec>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn parses_webdav_urls() {
+        let s: StoreSpec = "webdav://127.0.0.1:8080/dav/dmp".parse().unwrap();
+        assert_eq!(s, StoreSpec::WebDav(Url::parse("http://127.0.0.1:8080/dav/dmp/").unwrap()));
+        assert_eq!(s.to_string(), "webdav://127.0.0.1:8080/dav/dmp/");
+        assert_eq!(s.to_string().parse::<StoreSpec>().unwrap(), s);
+        let s: StoreSpec = "webdavs://dav.example/".parse().unwrap();
+        assert_eq!(s, StoreSpec::WebDav(Url::parse("https://dav.example/").unwrap()));
+        assert_eq!(s.identity(), "webdavs://dav.example/");
+        let s: StoreSpec = "webdav://h".parse().unwrap();
+        assert_eq!(s.to_string(), "webdav://h/");
+    }
+
+    #[test]
+    fn rejects_bad_remote_forms() {
+        for bad in [
+            "webdav://",
+            "webdav:///path",
+            "webdav://user:secret@h/x",
+            "webdavs://user@h/x",
+            "webdav://h/x?y=1",
+            "webdav://h:99999/x",
+            "http://h/x",
+            "https://h/x",
+            "s3://",
+            "s3://ab",
+            "s3://Bucket/x",
+            "s3://key:secret@bucket/x",
+            "s3://bucket/a//b",
+            "s3://bucket/a b",
+        ] {
+            let e = bad.parse::<StoreSpec>().expect_err(bad).to_string();
+            assert!(!e.contains("secret"), "{bad}: the error repeats the secret: {e}");
+        }
+        let e = "https://h/x".parse::<StoreSpec>().unwrap_err().to_string();
+        assert!(e.contains("--peer-outbox"), "{e}");
+    }
+
+    #[test]
+    fn parses_s3_urls() {
+        let s: StoreSpec = "s3://my-bucket/team/dmp/".parse().unwrap();
+        assert_eq!(s, StoreSpec::S3 { bucket: "my-bucket".into(), prefix: "team/dmp".into() });
+        assert_eq!(s.to_string(), "s3://my-bucket/team/dmp");
+        let s: StoreSpec = "s3://my-bucket".parse().unwrap();
+        assert_eq!(s, StoreSpec::S3 { bucket: "my-bucket".into(), prefix: String::new() });
+        assert_eq!(s.to_string(), "s3://my-bucket");
     }
 
     #[test]

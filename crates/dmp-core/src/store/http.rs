@@ -1,0 +1,144 @@
+//! A peer's outbox read over plain HTTP(S): a static web server, a CDN, a
+//! public bucket or a synced folder's public link. Read-only: `get` only;
+//! `put`, `delete` and `list` are unsupported, and the protocol never needs
+//! them on a peer's outbox (acknowledgements travel through the reader's own
+//! outbox, and messages are found by their expected names).
+//!
+//! What such a server sends is not trusted: 404 and 410 read as absent, an
+//! HTML page served in place of an object is [`StoreError::NotAnObject`],
+//! redirects are followed only on the same host, and the protocol verifies
+//! every envelope and chunk hash anyway (a stale or truncated body is "not
+//! there yet").
+
+use super::retry::{Failure, Http, HttpOptions, shown_url};
+use super::{Changes, Key, Store, StoreError};
+use async_trait::async_trait;
+use reqwest::{StatusCode, Url, header};
+
+/// A read-only store at an HTTP(S) URL (the URL of one party's outbox
+/// directory, i.e. of `<store>/<party-id>/`).
+pub struct HttpStore {
+    base: Url,
+    http: Http,
+}
+
+impl HttpStore {
+    /// A store for the outbox at `base` (`http://` or `https://`).
+    pub fn new(base: Url) -> Result<HttpStore, StoreError> {
+        HttpStore::with_options(base, HttpOptions::default())
+    }
+
+    pub fn with_options(base: Url, opts: HttpOptions) -> Result<HttpStore, StoreError> {
+        let base = check_base(base)?;
+        let http = Http::new(
+            format!("http outbox {}", shown_url(&base)),
+            opts,
+            "the outbox must be readable without credentials",
+        )?;
+        Ok(HttpStore { base, http })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, key: &Key) -> Url {
+        key_url(&self.base, key)
+    }
+
+    fn unsupported(&self, op: &'static str) -> StoreError {
+        StoreError::Unsupported { store: self.describe(), op }
+    }
+}
+
+/// Checks an http(s) base URL and gives it a trailing slash, so that keys
+/// resolve below it.
+pub(crate) fn check_base(mut base: Url) -> Result<Url, StoreError> {
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(StoreError::BadSpec(format!("{:?}: not an http:// or https:// URL", base.as_str())));
+    }
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err(StoreError::BadSpec(format!("{:?}: no host", base.as_str())));
+    }
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(StoreError::BadSpec(format!(
+            "{}: credentials in the URL are not accepted (use DMP_STORE_USER and DMP_STORE_PASSWORD, or ~/.netrc)",
+            shown_url(&base)
+        )));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(StoreError::BadSpec(format!("{}: a store URL takes no query or fragment", shown_url(&base))));
+    }
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    Ok(base)
+}
+
+/// The URL of `key` below `base` (which ends with `/`). Key components are
+/// plain ASCII that needs no escaping.
+pub(crate) fn key_url(base: &Url, key: &Key) -> Url {
+    let mut u = base.clone();
+    let p = format!("{}{}", base.path(), key.as_str());
+    u.set_path(&p);
+    u
+}
+
+#[async_trait]
+impl Store for HttpStore {
+    fn describe(&self) -> String {
+        self.http.store.clone()
+    }
+
+    async fn put(&self, _key: &Key, _data: &[u8]) -> Result<(), StoreError> {
+        Err(self.unsupported("put"))
+    }
+
+    async fn get(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if key.is_root() {
+            return Err(StoreError::BadKey("empty key".into()));
+        }
+        let url = self.url(key);
+        let http = &self.http;
+        http.run("get", key, || {
+            let url = url.clone();
+            async move {
+                let resp = http
+                    .send_read("get", key, url, |u| {
+                        // Ask caches on the way to revalidate: a stale copy is at best "not yet".
+                        http.client.get(u).header(header::CACHE_CONTROL, "no-cache")
+                    })
+                    .await?;
+                match resp.status() {
+                    StatusCode::OK => {
+                        let ct =
+                            resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        let body = http.read_body("get", key, resp, max_len).await?;
+                        http.check_not_html(key, ct.as_deref(), &body)?;
+                        Ok(Some(body))
+                    }
+                    StatusCode::NOT_FOUND | StatusCode::GONE => Ok(None),
+                    _ => Err::<_, Failure>(http.unexpected("get", key, resp).await),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, _key: &Key) -> Result<(), StoreError> {
+        Err(self.unsupported("delete"))
+    }
+
+    async fn list(&self, _prefix: &Key) -> Result<Vec<String>, StoreError> {
+        Err(self.unsupported("list"))
+    }
+
+    fn changes(&self, _prefix: &Key) -> Changes {
+        Changes::never()
+    }
+
+    fn notifies(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,532 @@
+//! End-to-end tests: the real dmp-ping-server and dmp-ping-client binaries
+//! as processes over a temporary folder store, checking their output and
+//! exit codes. Binaries come from `DMP_BIN_DIR` when set, else from the
+//! target directory of this test (dmp-ping-server is built there on demand).
+//! No timing assertions: every wait is generous.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long any single process may take before the test gives up on it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+// ---- finding the binaries --------------------------------------------------
+
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("DMP_BIN_DIR") {
+            return PathBuf::from(d);
+        }
+        let client = PathBuf::from(env!("CARGO_BIN_EXE_dmp-ping-client"));
+        let dir = client.parent().expect("binary has a directory").to_path_buf();
+        if !dir.join("dmp-ping-server").is_file() {
+            build_server(&dir);
+        }
+        dir
+    })
+}
+
+/// Builds dmp-ping-server into the target directory holding `dir` (once).
+fn build_server(dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let target = dir.parent().expect("target directory");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "dmp-ping-server", "--target-dir"]).arg(target);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let st = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+    assert!(st.success(), "cargo build -p dmp-ping-server failed");
+    assert!(dir.join("dmp-ping-server").is_file(), "dmp-ping-server not found in {} after building", dir.display());
+}
+
+fn command(name: &str, store: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin_dir().join(name));
+    cmd.args(args).arg("--store").arg(store);
+    cmd.env_remove("DMP_STORE").env_remove("RUST_LOG").stdin(Stdio::null());
+    cmd
+}
+
+// ---- processes -----------------------------------------------------------
+
+/// A running process with its output going to files; terminated (SIGTERM,
+/// then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    what: String,
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Proc {
+    fn spawn(mut cmd: Command, logs: &Path, what: &str) -> Proc {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = logs.join(format!("{n}-{what}.out"));
+        let err = logs.join(format!("{n}-{what}.err"));
+        cmd.stdout(File::create(&out).unwrap()).stderr(File::create(&err).unwrap());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        Proc { child, out, err, what: what.to_owned() }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -{sig} {}", self.what);
+    }
+
+    /// Waits for the process to exit; panics (after killing it) past `PATIENCE`.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not exit within {PATIENCE:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the process's stdout satisfies `cond`.
+    fn wait_stdout(&mut self, what: &str, cond: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !cond(&self.stdout()) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({st}) before {what}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {PATIENCE:?}\nstdout:\n{}",
+                self.what,
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs to completion: (exit code, stdout, stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        let st = self.wait();
+        (st.code().unwrap_or(-1), self.stdout(), self.stderr())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A temporary directory holding the store and the processes' output.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { dir: tempfile::tempdir().expect("temp dir") }
+    }
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    fn logs(&self) -> &Path {
+        self.dir.path()
+    }
+    fn server(&self, id: &str) -> Proc {
+        Proc::spawn(command("dmp-ping-server", &self.store(), &[id]), self.logs(), &format!("server-{id}"))
+    }
+    fn client(&self, args: &[&str]) -> Proc {
+        Proc::spawn(command("dmp-ping-client", &self.store(), args), self.logs(), &format!("client-{}", args[1]))
+    }
+    /// Runs a client to completion.
+    fn ping(&self, args: &[&str]) -> (i32, String, String) {
+        self.client(args).finish()
+    }
+    /// Runs a binary with a store path of the caller's choosing.
+    fn run(&self, name: &str, store: &Path, args: &[&str]) -> (i32, String, String) {
+        Proc::spawn(command(name, store, args), self.logs(), name).finish()
+    }
+}
+
+// ---- output parsing ----------------------------------------------------
+
+/// The `seq` numbers of `reply from <server>: seq=N time=X ms` lines, each
+/// checked for shape.
+fn replies(stdout: &str, server: &str) -> Vec<u64> {
+    let prefix = format!("reply from {server}: seq=");
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("reply from"))
+        .map(|l| {
+            let rest = l.strip_prefix(&prefix).unwrap_or_else(|| panic!("odd reply line {l:?}"));
+            let (seq, time) = rest.split_once(" time=").unwrap_or_else(|| panic!("odd reply line {l:?}"));
+            let ms = time.strip_suffix(" ms").unwrap_or_else(|| panic!("odd reply line {l:?}"));
+            let ms: f64 = ms.parse().unwrap_or_else(|_| panic!("time in {l:?} is not a number"));
+            assert!(ms >= 0.0 && ms.is_finite(), "{l:?}");
+            seq.parse().unwrap_or_else(|_| panic!("seq in {l:?} is not a number"))
+        })
+        .collect()
+}
+
+/// `(sent, received, loss)` from the `N sent, M received, X% loss` line.
+fn summary(stdout: &str) -> (u64, u64, String) {
+    let line =
+        stdout.lines().find(|l| l.contains(" sent, ")).unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    let parts: Vec<&str> = line.split(", ").collect();
+    assert_eq!(parts.len(), 3, "summary {line:?}");
+    let sent = parts[0].strip_suffix(" sent").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    let recv = parts[1].strip_suffix(" received").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    let loss = parts[2].strip_suffix(" loss").unwrap_or_else(|| panic!("{line:?}"));
+    assert!(loss.ends_with('%'), "{line:?}");
+    (sent, recv, loss.to_owned())
+}
+
+/// The four numbers of `rtt min/avg/max/mdev = a/b/c/d ms`.
+fn rtt_line(stdout: &str) -> [f64; 4] {
+    let line = stdout.lines().find(|l| l.starts_with("rtt ")).unwrap_or_else(|| panic!("no rtt line in:\n{stdout}"));
+    let nums = line
+        .strip_prefix("rtt min/avg/max/mdev = ")
+        .and_then(|r| r.strip_suffix(" ms"))
+        .unwrap_or_else(|| panic!("odd rtt line {line:?}"));
+    let v: Vec<f64> = nums.split('/').map(|n| n.parse().unwrap_or_else(|_| panic!("{line:?}"))).collect();
+    assert_eq!(v.len(), 4, "{line:?}");
+    assert!(v[0] <= v[1] && v[1] <= v[2] && v[3] >= 0.0, "{line:?}");
+    [v[0], v[1], v[2], v[3]]
+}
+
+/// Regular files (at any depth) below `dir`.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn one_line(stderr: &str, what: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line on stderr, got:\n{stderr}");
+    lines[0].to_owned()
+}
+
+// ---- the cases -----------------------------------------------------------
+
+#[test]
+fn three_pings_get_three_replies() {
+    let env = Env::new();
+    let _server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "3", "-i", "0.1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.lines().next().is_some_and(|l| l.starts_with("PING bob from alice")), "{out}");
+    assert_eq!(replies(&out, "bob"), vec![1, 2, 3], "{out}");
+    assert_eq!(summary(&out), (3, 3, "0%".to_owned()));
+    assert!(out.contains("3 sent, 3 received, 0% loss"), "{out}");
+    rtt_line(&out);
+}
+
+#[test]
+fn json_output_has_exactly_the_documented_keys() {
+    let env = Env::new();
+    let _server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "3", "-i", "0.1", "--json"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one JSON object and nothing else on stdout:\n{out}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    let obj = v.as_object().expect("a JSON object");
+    let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["client", "loss_pct", "received", "rtt_ms", "sent", "server"]);
+    assert_eq!(obj["server"], "bob");
+    assert_eq!(obj["client"], "alice");
+    assert_eq!(obj["sent"].as_u64(), Some(3));
+    assert_eq!(obj["received"].as_u64(), Some(3));
+    assert_eq!(obj["loss_pct"].as_f64(), Some(0.0));
+    let rtt = obj["rtt_ms"].as_object().expect("rtt_ms is an object");
+    let mut keys: Vec<&str> = rtt.keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["avg", "max", "mdev", "min", "p50", "p99"]);
+    for (k, n) in rtt {
+        let n = n.as_f64().unwrap_or_else(|| panic!("rtt_ms.{k} is not a number: {n}"));
+        assert!(n >= 0.0, "rtt_ms.{k} = {n}");
+    }
+    let f = |k: &str| rtt[k].as_f64().unwrap();
+    assert!(f("min") <= f("p50") && f("p50") <= f("p99") && f("p99") <= f("max"), "{rtt:?}");
+    assert!(f("min") <= f("avg") && f("avg") <= f("max"), "{rtt:?}");
+}
+
+#[test]
+fn no_server_means_total_loss_and_exit_1() {
+    let env = Env::new();
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "0.5"]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(replies(&out, "bob").is_empty());
+    assert_eq!(summary(&out), (2, 0, "100%".to_owned()));
+    assert!(out.contains("100% loss"), "{out}");
+    // The client leaves nothing behind in its outbox.
+    assert!(files_below(&env.store().join("alice")).is_empty(), "{:?}", files_below(&env.store()));
+}
+
+#[test]
+fn bad_peer_ids_are_usage_errors_that_state_the_rule() {
+    let env = Env::new();
+    let long = "a".repeat(65);
+    for bad in ["BOB", ".x", long.as_str(), "a/b", ""] {
+        for (name, args) in [
+            ("dmp-ping-client", vec![bad, "alice", "-c", "1"]),
+            ("dmp-ping-client", vec!["bob", bad, "-c", "1"]),
+            ("dmp-ping-server", vec![bad]),
+        ] {
+            let (code, out, err) = env.run(name, &env.store(), &args);
+            assert_eq!(code, 2, "{name} {args:?}: stdout:\n{out}\nstderr:\n{err}");
+            let line = one_line(&err, &format!("{name} {args:?}"));
+            assert!(line.contains("lower-case ASCII") && line.contains("64"), "{name} {args:?}: {line}");
+        }
+    }
+    assert!(!env.store().join("BOB").exists() && !env.store().join("a").exists());
+}
+
+#[test]
+fn bad_numbers_are_usage_errors() {
+    let env = Env::new();
+    for args in [
+        ["-i", "0"],
+        ["-i", "abc"],
+        ["-i", "-1"],
+        ["-i", "1e12"],
+        ["-i", "nan"],
+        ["-c", "0"],
+        ["-c", "x"],
+        ["-c", "-3"],
+        ["-c", "1.5"],
+        ["-W", "0"],
+        ["-W", "soon"],
+    ] {
+        let mut all = vec!["bob", "alice"];
+        all.extend(args);
+        let (code, out, err) = env.run("dmp-ping-client", &env.store(), &all);
+        assert_eq!(code, 2, "{args:?}: stdout:\n{out}\nstderr:\n{err}");
+        let line = one_line(&err, &format!("{args:?}"));
+        assert!(!line.is_empty());
+        assert!(out.is_empty(), "{args:?}: nothing on stdout, got {out:?}");
+    }
+}
+
+#[test]
+fn a_store_that_cannot_be_created_is_a_usage_error() {
+    let env = Env::new();
+    let file = env.logs().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    for store in [file.join("store"), file.clone()] {
+        for (name, args) in
+            [("dmp-ping-client", vec!["bob", "alice", "-c", "1", "-W", "0.5"]), ("dmp-ping-server", vec!["bob"])]
+        {
+            let (code, out, err) = env.run(name, &store, &args);
+            assert_eq!(code, 2, "{name} --store {}: stdout:\n{out}\nstderr:\n{err}", store.display());
+            let line = one_line(&err, name);
+            assert!(line.starts_with("error:"), "{line}");
+            assert!(!out.contains("sent,"), "{name}: no ping summary for a store error:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn two_clients_ping_one_server_at_once() {
+    let env = Env::new();
+    let _server = env.server("bob");
+    let a = env.client(&["bob", "alice", "-c", "5", "-i", "0.1"]);
+    let c = env.client(&["bob", "carol", "-c", "5", "-i", "0.1"]);
+    for (who, p) in [("alice", a), ("carol", c)] {
+        let (code, out, err) = p.finish();
+        assert_eq!(code, 0, "{who}: stdout:\n{out}\nstderr:\n{err}");
+        assert_eq!(replies(&out, "bob"), vec![1, 2, 3, 4, 5], "{who}:\n{out}");
+        assert_eq!(summary(&out), (5, 5, "0%".to_owned()), "{who}");
+    }
+}
+
+#[test]
+fn server_stops_on_sigterm_and_removes_its_files() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    for client in ["alice", "carol"] {
+        let (code, out, _) = env.ping(&["bob", client, "-c", "2", "-i", "0.1"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert!(!files_below(&env.store().join("bob")).is_empty(), "the server wrote into its outbox");
+    server.signal("TERM");
+    let st = server.wait();
+    assert_eq!(st.code(), Some(0), "server exit: {st}\nstderr:\n{}", server.stderr());
+    let left = files_below(&env.store().join("bob"));
+    assert!(left.is_empty(), "files left in the server's outbox: {left:?}");
+}
+
+#[test]
+fn server_stops_on_sigint_too() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let (code, out, _) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "{out}");
+    server.signal("INT");
+    let st = server.wait();
+    assert_eq!(st.code(), Some(0), "server exit: {st}\nstderr:\n{}", server.stderr());
+    assert!(files_below(&env.store().join("bob")).is_empty());
+}
+
+/// Stops the server with `sig` once the client has had a few replies,
+/// starts a new one, and waits for a reply to a later request.
+fn restart_server_under(env: &Env, server: &mut Proc, client: &mut Proc, sig: &str) {
+    let before = replies(&client.stdout(), "bob").len();
+    client.wait_stdout("replies before the restart", |o| replies(o, "bob").len() >= before + 3);
+    server.signal(sig);
+    server.wait();
+    let last = replies(&client.stdout(), "bob").into_iter().max().unwrap_or(0);
+    *server = env.server("bob");
+    client
+        .wait_stdout(&format!("a reply after the restart (SIG{sig})"), |o| replies(o, "bob").iter().any(|s| *s > last));
+}
+
+#[test]
+fn a_server_that_cannot_write_its_outbox_still_stops_on_sigterm() {
+    // A file where the server's outbox directory should be: every write
+    // fails. The server retries with back-off, answers nothing, and still
+    // stops at once when told to.
+    let env = Env::new();
+    std::fs::create_dir_all(env.store()).unwrap();
+    std::fs::write(env.store().join("bob"), b"not a directory").unwrap();
+    let mut server = env.server("bob");
+    let (code, out, _) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "1"]);
+    assert_eq!(code, 1, "{out}");
+    server.signal("TERM");
+    let st = server.wait();
+    assert_eq!(st.code(), Some(0), "server exit: {st}");
+    assert_eq!(std::fs::read(env.store().join("bob")).unwrap(), b"not a directory");
+}
+
+#[test]
+fn client_gets_replies_after_the_server_restarts() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let mut client = env.client(&["bob", "alice", "-c", "20", "-i", "0.1", "-W", "5"]);
+    restart_server_under(&env, &mut server, &mut client, "TERM");
+    let (code, out, err) = client.finish();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let (sent, received, _) = summary(&out);
+    assert_eq!(sent, 20);
+    assert!(received >= 4, "{out}");
+    let got = replies(&out, "bob");
+    let mut once = got.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), got.len(), "no request answered twice:\n{out}");
+}
+
+#[test]
+fn client_gets_replies_after_the_server_crashes_and_restarts() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let mut client = env.client(&["bob", "alice", "-i", "0.1", "-W", "5"]);
+    restart_server_under(&env, &mut server, &mut client, "KILL");
+    restart_server_under(&env, &mut server, &mut client, "KILL");
+    client.signal("INT");
+    let st = client.wait();
+    let out = client.stdout();
+    assert_eq!(st.code(), Some(0), "stdout:\n{out}\nstderr:\n{}", client.stderr());
+    let got = replies(&out, "bob");
+    let mut once = got.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), got.len(), "no request answered twice:\n{out}");
+    // The last server cleans up after itself and its crashed predecessors.
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0));
+    let left = files_below(&env.store().join("bob"));
+    assert!(left.is_empty(), "files left in the server's outbox: {left:?}");
+}
+
+#[test]
+fn quiet_prints_only_the_header_and_the_summary() {
+    let env = Env::new();
+    let _server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "3", "-i", "0.1", "-q"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(replies(&out, "bob").is_empty(), "no reply lines with -q:\n{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines[0].starts_with("PING bob from alice"), "{out}");
+    assert_eq!(lines[1], "--- bob ping statistics ---", "{out}");
+    assert_eq!(lines[2], "3 sent, 3 received, 0% loss");
+    assert!(lines[3].starts_with("rtt min/avg/max/mdev = "), "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(err.trim().is_empty(), "nothing on stderr with -q: {err}");
+}
+
+#[test]
+fn sigint_prints_the_summary_and_exits_0_after_replies() {
+    let env = Env::new();
+    let _server = env.server("bob");
+    let mut client = env.client(&["bob", "alice", "-i", "0.1"]);
+    client.wait_stdout("three replies", |o| replies(o, "bob").len() >= 3);
+    client.signal("INT");
+    let st = client.wait();
+    let out = client.stdout();
+    assert_eq!(st.code(), Some(0), "stdout:\n{out}\nstderr:\n{}", client.stderr());
+    let (sent, received, _) = summary(&out);
+    assert!(received >= 3 && sent >= received, "{out}");
+    assert_eq!(received as usize, replies(&out, "bob").len(), "{out}");
+    rtt_line(&out);
+    assert!(files_below(&env.store().join("alice")).is_empty(), "the client cleaned up its outbox");
+}
+
+#[test]
+fn sigint_before_any_reply_exits_1_with_a_summary() {
+    let env = Env::new();
+    let mut client = env.client(&["bob", "alice", "-i", "0.1"]);
+    client.wait_stdout("the header", |o| o.starts_with("PING "));
+    std::thread::sleep(Duration::from_millis(300));
+    client.signal("INT");
+    let st = client.wait();
+    let out = client.stdout();
+    assert_eq!(st.code(), Some(1), "stdout:\n{out}\nstderr:\n{}", client.stderr());
+    let (_, received, loss) = summary(&out);
+    assert_eq!((received, loss.as_str()), (0, "100%"), "{out}");
+}
