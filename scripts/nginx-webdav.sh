@@ -5,7 +5,8 @@
 #   scripts/nginx-webdav.sh stop DIR
 #
 # Environment: PORT (default: a free port); WEBDAV_USER and WEBDAV_PASSWORD
-# turn on HTTP basic authentication. Needs the Debian packages nginx and
+# turn on HTTP basic authentication; ACCESS_LOG=1 logs every request to
+# DIR/logs/access.log (the benchmark counts them). Needs the Debian packages nginx and
 # libnginx-mod-http-dav-ext (scripts/install-test-deps.sh).
 set -euo pipefail
 . "$(dirname "$0")/server-lib.sh"
@@ -45,6 +46,10 @@ user_line=""
 if [ "$(id -u)" = 0 ]; then
     user_line="user $(id -un) $(id -gn);"
 fi
+access_log="access_log off;"
+if [ -n "${ACCESS_LOG:-}" ]; then
+    access_log="log_format dmp '\$msec \$request_method \$uri \$status \$request_length \$bytes_sent'; access_log $dir/logs/access.log dmp;"
+fi
 auth=""
 if [ -n "${WEBDAV_USER:-}" ]; then
     printf '%s:{PLAIN}%s\n' "$WEBDAV_USER" "${WEBDAV_PASSWORD:-}" >"$dir/htpasswd"
@@ -60,7 +65,7 @@ pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
 events { worker_connections 512; }
 http {
-    access_log off;
+    $access_log
     client_body_temp_path $dir/tmp/body;
     proxy_temp_path $dir/tmp/proxy;
     fastcgi_temp_path $dir/tmp/fastcgi;

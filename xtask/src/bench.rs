@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "bench_remote.rs"]
+mod remote;
+
 /// Runs per figure; the table reports medians.
 const RUNS: usize = 3;
 
@@ -37,8 +40,10 @@ const BENCHES: &[Bench] = &[
     Bench { name: "ping", about: "ping round trip over a local folder store", run: ping_rtt },
     Bench { name: "idle", about: "CPU of an idle ping server and client", run: idle_cpu },
     Bench { name: "dftp", about: "DFTP of a random file through a local folder vs cp + sync", run: dftp_local },
-    // More go here: DFTP over WebDAV vs curl, over S3, magic-wormhole and
-    // NNCP, ping fan-in (issue 7).
+    Bench { name: "webdav", about: "DFTP through nginx WebDAV vs curl -T + curl", run: remote::webdav_dftp },
+    Bench { name: "webdav-ping", about: "ping round trip over nginx WebDAV", run: remote::webdav_ping },
+    Bench { name: "webdav-idle", about: "requests/min of an idle ping client and server", run: remote::webdav_idle },
+    // More go here: DFTP over S3, magic-wormhole and NNCP, ping fan-in (issue 7).
 ];
 
 /// One line of the table.
@@ -173,7 +178,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "-h" | "--help" => {
                 println!("usage: cargo xtask bench [--quick] [NAME...]\n\nbenchmarks:");
                 for b in BENCHES {
-                    println!("  {:<6} {}", b.name, b.about);
+                    println!("  {:<12} {}", b.name, b.about);
                 }
                 return Ok(());
             }

@@ -30,14 +30,15 @@ pub fn run_suite(extra: &[String]) -> Result<()> {
     heading(&format!("3/3 test: DMP_BIN_DIR={} cargo test --workspace --no-fail-fast", bin_dir.display()));
     // stdout is read line by line to pick out the summaries; cargo's own
     // progress lines go to stderr and pass straight through.
-    let mut child = cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .args(extra)
-        .env("DMP_BIN_DIR", &bin_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting cargo test")?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra).env("DMP_BIN_DIR", &bin_dir);
+    // In CI the test servers (nginx, SeaweedFS) must be there: a missing one
+    // fails the tests that need it instead of skipping them.
+    if std::env::var("CI").is_ok_and(|v| v == "true") && std::env::var_os("DMP_REQUIRE_SERVERS").is_none() {
+        println!("CI=true: DMP_REQUIRE_SERVERS=1 (tests fail when a test server is not installed)");
+        cmd.env("DMP_REQUIRE_SERVERS", "1");
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("starting cargo test")?;
     let mut results = Vec::new();
     let mut failed_tests = Vec::new();
     for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {

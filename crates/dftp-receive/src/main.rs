@@ -46,7 +46,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli: Cli = dmp_cli::parse();
     cli.common.init_logging();
-    dmp_cli::runtime().block_on(run(cli)).into()
+    dmp_cli::transfer_runtime().block_on(run(cli)).into()
 }
 
 async fn run(cli: Cli) -> Exit {
@@ -61,7 +61,7 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     }
-    let (spec, store) = match cli.common.open_store().await {
+    let (spec, store) = match cli.common.open_store(&cli.receiver).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -76,7 +76,7 @@ async fn run(cli: Cli) -> Exit {
     let opts = RecvOptions {
         dir: canonical.clone(),
         overwrite: cli.overwrite,
-        cfg: RecvConfig::default(),
+        cfg: RecvConfig { link: dmp_core::drive::link_config_for(store.as_ref()), ..RecvConfig::default() },
         state_file,
         timeout: cli.timeout,
         linger: Duration::from_secs(10),

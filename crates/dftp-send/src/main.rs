@@ -7,7 +7,6 @@ use dmp_core::PeerId;
 use dmp_core::drive::dftp::{Progress, SendOptions, TransferError, send_file};
 use dmp_core::proto::dftp::{DEFAULT_WINDOW, SendConfig};
 use dmp_core::proto::dftp_msg::MAX_BLOCK_SIZE;
-use dmp_core::proto::mailbox::LinkConfig;
 use dmp_core::size::ByteSize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,11 +81,11 @@ fn main() -> ExitCode {
         );
         return Exit::Usage.into();
     }
-    dmp_cli::runtime().block_on(run(cli)).into()
+    dmp_cli::transfer_runtime().block_on(run(cli)).into()
 }
 
 async fn run(cli: Cli) -> Exit {
-    let (spec, store) = match cli.common.open_store().await {
+    let (spec, store) = match cli.common.open_store(&cli.sender).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -104,7 +103,7 @@ async fn run(cli: Cli) -> Exit {
             block_size: cli.block_size.0,
             window: cli.window,
             quota: cli.quota.map_or(u64::MAX, |q| q.0),
-            link: LinkConfig::default(),
+            link: dmp_core::drive::link_config_for(store.as_ref()),
         },
         state_file,
         timeout: cli.timeout,

@@ -2,8 +2,11 @@
 //! set-up, store selection, signal handling and exit codes.
 
 use clap::{Args, Parser};
-use dmp_core::store::{DynStore, StoreSpec};
+use dmp_core::PeerId;
+use dmp_core::store::{DynStore, PeerOutbox, RoutedStore, StoreSpec, default_peers_file, load_peers_file};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Exit codes shared by every tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +31,21 @@ impl From<Exit> for ExitCode {
 /// Flags every tool accepts.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Where messages are exchanged: a folder path or file:///path.
+    /// Where messages are exchanged: a folder path or file:///path,
+    /// webdav://host[:port]/path, webdavs://..., or s3://bucket/prefix.
     /// Default: <Dropbox folder>/dmp when ~/.dropbox/info.json names one,
     /// else ~/.local/share/dmp/store.
     #[arg(long, env = "DMP_STORE", value_name = "URL")]
     pub store: Option<StoreSpec>,
+
+    /// Read peer ID's outbox at URL (http:// or https://, read-only) instead
+    /// of <store>/ID. Repeatable; adds to and overrides the peers file.
+    #[arg(long = "peer-outbox", value_name = "ID=URL")]
+    pub peer_outbox: Vec<PeerOutbox>,
+
+    /// File of `id = url` lines, as --peer-outbox [default: ~/.config/dmp/peers].
+    #[arg(long, env = "DMP_PEERS_FILE", value_name = "FILE")]
+    pub peers_file: Option<PathBuf>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -77,10 +90,50 @@ impl Common {
         }
     }
 
-    /// Opens the store and checks that it can be listed.
-    pub async fn open_store(&self) -> anyhow::Result<(StoreSpec, DynStore)> {
+    /// The peers' outboxes read from elsewhere: the peers file's entries,
+    /// then `--peer-outbox` (a later entry for the same id wins). An entry
+    /// of the file for `me` is skipped (one file may list everyone); a
+    /// `--peer-outbox` for `me` is an error: my outbox is `<store>/<me>`.
+    pub fn peer_outboxes(&self, me: &PeerId) -> anyhow::Result<Vec<PeerOutbox>> {
+        if let Some(f) = self.peers_file.as_ref().filter(|f| !f.exists()) {
+            anyhow::bail!("the peers file {} does not exist", f.display());
+        }
+        let file = self.peers_file.clone().or_else(default_peers_file);
+        let mut all = match &file {
+            Some(f) => load_peers_file(f)?,
+            None => Vec::new(),
+        };
+        if let Some(f) = file.as_ref().filter(|_| !all.is_empty()) {
+            tracing::info!("{} peer outbox(es) from {}", all.len(), f.display());
+        }
+        all.retain(|p| &p.id != me);
+        for p in &self.peer_outbox {
+            if &p.id == me {
+                anyhow::bail!("--peer-outbox {p}: {me} is this party's own id; its outbox is always <store>/{me}");
+            }
+            all.retain(|q| q.id != p.id);
+            all.push(p.clone());
+        }
+        Ok(all)
+    }
+
+    /// Opens the store for party `me` and checks that it can be listed; with
+    /// peer outboxes (`--peer-outbox`, peers file), keys below `<id>/` of
+    /// those peers are read from their URLs instead.
+    ///
+    /// A store that cannot be reached, or refuses the credentials, is an
+    /// error naming the store (the caller exits 2); transient failures were
+    /// already retried with back-off by then.
+    pub async fn open_store(&self, me: &PeerId) -> anyhow::Result<(StoreSpec, DynStore)> {
         let spec = self.store_spec()?;
-        let store = spec.open()?;
+        let outboxes = self.peer_outboxes(me)?;
+        for p in &outboxes {
+            tracing::info!("reading the outbox of {} at {}", p.id, p.url);
+        }
+        let main = spec.open()?;
+        let store: DynStore =
+            if outboxes.is_empty() { main } else { Arc::new(RoutedStore::with_outboxes(main, &outboxes)?) };
+        // The error names the store (every StoreError does).
         store.list(&dmp_core::store::Key::root()).await?;
         Ok((spec, store))
     }
@@ -148,9 +201,16 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A single-threaded runtime: the tools are I/O-light and latency-bound.
+/// A single-threaded runtime: the ping tools are I/O-light and latency-bound.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+/// The runtime of the transfer tools: the driver runs on the calling thread
+/// (reading, hashing and writing chunks) while two worker threads move the
+/// HTTP connections of a remote store.
+pub fn transfer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 /// A progress bar on stderr with bytes, rate and ETA, or nothing when

@@ -4,7 +4,6 @@
 use clap::Parser;
 use dmp_cli::{Common, Exit};
 use dmp_core::PeerId;
-use dmp_core::proto::mailbox::LinkConfig;
 use dmp_core::proto::ping::{PingConfig, PingEvent};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -70,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
-    let (spec, store) = match cli.common.open_store().await {
+    let (spec, store) = match cli.common.open_store(&cli.client).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -82,7 +81,12 @@ async fn run(cli: Cli) -> Exit {
     if text {
         println!("PING {} from {} via {}", cli.server, cli.client, spec);
     }
-    let cfg = PingConfig { count: cli.count, interval: cli.interval, wait: cli.wait, link: LinkConfig::default() };
+    let cfg = PingConfig {
+        count: cli.count,
+        interval: cli.interval,
+        wait: cli.wait,
+        link: dmp_core::drive::ping_link_config_for(store.as_ref()),
+    };
     let server = cli.server.clone();
     let wait = cli.wait;
     let summary = dmp_core::drive::run_ping_client(

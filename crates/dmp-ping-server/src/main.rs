@@ -4,7 +4,7 @@
 use clap::Parser;
 use dmp_cli::{Common, Exit};
 use dmp_core::PeerId;
-use dmp_core::proto::mailbox::LinkConfig;
+use dmp_core::drive::ServerOptions;
 use dmp_core::proto::ping::ServerEvent;
 use std::process::ExitCode;
 
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
-    let (spec, store) = match cli.common.open_store().await {
+    let (spec, store) = match cli.common.open_store(&cli.server).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -39,10 +39,19 @@ async fn run(cli: Cli) -> Exit {
         }
     };
     tracing::info!("{} answering pings in {spec}", cli.server);
+    let mut opts = ServerOptions::for_store(store.as_ref());
+    // Clients whose outboxes are read over HTTP cannot be found by listing.
+    opts.known_clients = match cli.common.peer_outboxes(&cli.server) {
+        Ok(o) => o.into_iter().map(|p| p.id).collect(),
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
     let res = dmp_core::drive::run_ping_server(
         store.as_ref(),
         cli.server.clone(),
-        LinkConfig::default(),
+        opts,
         |ev| match ev {
             ServerEvent::NewClient(c) => tracing::info!("watching for pings from {c}"),
             ServerEvent::Answered { client, seq } => tracing::debug!("answered {client} message {seq}"),

@@ -1,13 +1,12 @@
 //! Runs the DFTP sender and receiver machines: store operations, local file
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
-use super::{Clock, Poller, cleanup_link_dir, fresh_session, perform};
+use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
 use crate::proto::dftp::{
     DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState,
 };
 use crate::proto::dftp_msg::{Offer, check_file_name, parse_chunk_object_name};
-use crate::proto::mailbox::{Op, OpResult};
 use crate::state;
 use crate::store::{Key, Store, StoreError};
 use bytes::Bytes;
@@ -85,25 +84,6 @@ fn file_id(meta: &std::fs::Metadata) -> String {
     let mtime =
         meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     format!("{}:{}", meta.len(), mtime)
-}
-
-/// Waits for a change, a deadline, the poll timer or shutdown.
-async fn wait_any(
-    changes: &mut crate::store::Changes,
-    clock: &Clock,
-    deadline: Option<Duration>,
-    poll: Duration,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> bool {
-    let mut until = clock.now() + poll;
-    if let Some(d) = deadline {
-        until = until.min(d);
-    }
-    tokio::select! {
-        _ = changes.changed() => true,
-        _ = tokio::time::sleep_until(clock.instant(until).into()) => true,
-        _ = shutdown => false,
-    }
 }
 
 /// Removes every chunk object left in my outbox towards `peer` (a fresh
@@ -194,23 +174,30 @@ pub async fn send_file(
         m.note_existing_chunks(found);
     }
     let mut changes = store.changes(m.link().in_dir());
-    let mut poller = Poller::for_store(store);
+    let mut pace = Pace::for_store(store);
+    let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     let mut last_progress = (clock.now(), m.acked_bytes(), m.phase());
+    let mut finished_early = Vec::new();
     m.wake(clock.now());
     let outcome = loop {
         let mut ended = None;
+        // Outputs in order: store operations are queued (and run
+        // concurrently), everything else is done here and now, so that
+        // `Persist` precedes every later output.
         loop {
+            for res in finished_early.drain(..) {
+                m.on_result(clock.now(), res);
+            }
             let outs = m.take_outputs();
             if outs.is_empty() {
                 break;
             }
             for o in outs {
                 match o {
-                    SendOut::Op(op) => {
-                        let res = perform(store, op).await;
-                        m.on_result(clock.now(), res);
-                    }
+                    SendOut::Op(op) => ops.push(op),
                     SendOut::Read { index, offset, len } => {
+                        // Send the queued requests on their way first.
+                        finished_early.extend(ops.kick());
                         let mut buf = vec![0u8; len as usize];
                         let r =
                             file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf)).map_err(|e| e.to_string());
@@ -237,7 +224,7 @@ pub async fn send_file(
         let cur = (m.acked_bytes(), m.phase());
         if (cur.0, cur.1) != (last_progress.1, last_progress.2) {
             last_progress = (now, cur.0, cur.1);
-            poller.activity();
+            pace.activity(now);
             progress(Progress { done: cur.0, total });
         }
         if let Some(e) = ended {
@@ -248,12 +235,17 @@ pub async fn send_file(
                 break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
             }
         }
-        let poll = poller.next_delay();
-        if !wait_any(&mut changes, &clock, m.deadline(), poll, &mut shutdown).await {
-            break Err(TransferError::Interrupted);
+        let until = pace.until(now, m.deadline(), &ops);
+        match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
+            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Wake => {
+                pace.woke(&ops);
+                m.wake(clock.now());
+            }
+            Woke::Shutdown => break Err(TransferError::Interrupted),
         }
-        m.wake(clock.now());
     };
+    ops.settle(SETTLE).await;
     match outcome {
         Ok(sha256) => {
             progress(Progress { done: total, total });
@@ -416,24 +408,31 @@ pub async fn receive_file(
     let mut target = Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None };
     let mut m = DftpReceiver::new(me, peer.clone(), opts.cfg.clone(), restored, fresh_session(), clock.now());
     let mut changes = store.changes(m.link().in_dir());
-    let mut poller = Poller::for_store(store);
+    let mut pace = Pace::for_store(store);
+    let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     let mut last = (clock.now(), 0u64, m.phase());
     let mut final_path: Option<PathBuf> = None;
+    let mut finished_early = Vec::new();
     m.wake(clock.now());
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
+        // As in `send_file`: store operations queued, the rest done in order.
         loop {
+            for res in finished_early.drain(..) {
+                m.on_result(clock.now(), res);
+            }
             let outs = m.take_outputs();
             if outs.is_empty() {
                 break;
             }
             for o in outs {
+                if !matches!(o, RecvOut::Op(_) | RecvOut::Persist) {
+                    // Send the queued requests on their way before local file work.
+                    finished_early.extend(ops.kick());
+                }
                 let now = clock.now();
                 match o {
-                    RecvOut::Op(op) => {
-                        let res = perform(store, op).await;
-                        m.on_result(clock.now(), res);
-                    }
+                    RecvOut::Op(op) => ops.push(op),
                     RecvOut::Persist => {
                         if let Some(p) = &opts.state_file {
                             if let Err(e) = state::save(p, &m.snapshot()) {
@@ -484,7 +483,7 @@ pub async fn receive_file(
         let cur = (m.done_bytes(), m.phase());
         if cur != (last.1, last.2) {
             last = (now, cur.0, cur.1);
-            poller.activity();
+            pace.activity(now);
         }
         if let Some(o) = m.offer() {
             progress(Progress { done: cur.0, total: o.size }, Some(o));
@@ -497,17 +496,22 @@ pub async fn receive_file(
                 break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
             }
         }
-        let poll = poller.next_delay();
-        if !wait_any(&mut changes, &clock, m.deadline(), poll, &mut shutdown).await {
-            break Err(TransferError::Interrupted);
+        let until = pace.until(now, m.deadline(), &ops);
+        match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
+            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Wake => {
+                pace.woke(&ops);
+                m.wake(clock.now());
+            }
+            Woke::Shutdown => break Err(TransferError::Interrupted),
         }
-        m.wake(clock.now());
     };
     let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));
     if over_for_good {
         // Let the sender read our last message (finished or refused), then
         // leave nothing behind.
-        linger(store, &mut m, &clock, &mut changes, opts.linger, &mut shutdown).await;
+        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, &mut shutdown).await;
+        ops.settle(SETTLE).await;
         cleanup_link_dir(store, m.link().out_dir()).await;
         if let Some(p) = &opts.state_file {
             state::remove(p);
@@ -530,7 +534,7 @@ pub async fn receive_file(
 /// Keeps the link going until our messages are acknowledged or the peer
 /// has cleaned up, at most `max`.
 async fn linger(
-    store: &dyn Store,
+    ops: &mut OpRunner<'_>,
     m: &mut DftpReceiver,
     clock: &Clock,
     changes: &mut crate::store::Changes,
@@ -538,31 +542,24 @@ async fn linger(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) {
     let until = clock.now() + max;
-    let mut poller = Poller::new(Duration::from_millis(20), Duration::from_millis(500));
+    let mut pace = Pace::new(Poller::new(Duration::from_millis(20), Duration::from_millis(500)), Duration::ZERO);
     loop {
-        loop {
-            let ops: Vec<Op> = m
-                .take_outputs()
-                .into_iter()
-                .filter_map(|o| match o {
-                    RecvOut::Op(op) => Some(op),
-                    _ => None,
-                })
-                .collect();
-            if ops.is_empty() {
-                break;
-            }
-            for op in ops {
-                let res: OpResult = perform(store, op).await;
-                m.on_result(clock.now(), res);
+        for o in m.take_outputs() {
+            if let RecvOut::Op(op) = o {
+                ops.push(op);
             }
         }
         if m.link().unacked() == 0 || m.link().peer_gone() || clock.now() >= until {
             return;
         }
-        if !wait_any(changes, clock, Some(until), poller.next_delay(), shutdown).await {
-            return;
+        let at = pace.until(clock.now(), Some(until), ops);
+        match ops.wait(changes, clock, at, shutdown).await {
+            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Wake => {
+                pace.woke(ops);
+                m.wake(clock.now());
+            }
+            Woke::Shutdown => return,
         }
-        m.wake(clock.now());
     }
 }

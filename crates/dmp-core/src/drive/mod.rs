@@ -2,10 +2,14 @@
 //! feeding it store results, change signals and the time.
 
 use crate::id::PeerId;
-use crate::proto::mailbox::{Op, OpResult};
+use crate::proto::mailbox::{LinkConfig, Op, OpResult};
 use crate::proto::ping::{PingClient, PingConfig, PingEvent, PingServer, PingSummary, ServerEvent};
 use crate::store::{Changes, Key, Store, StoreError};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Performs one store operation.
@@ -62,13 +66,28 @@ pub struct Poller {
     current: Duration,
 }
 
+/// Polling of a store without change notification: for [`REMOTE_RAPID`]
+/// after activity, again as soon as the previous look is answered (see
+/// [`Pace`]); then every [`REMOTE_MIN`], doubling to [`REMOTE_MAX`]. An
+/// idle party so costs one request per link every 2 s, plus the peer's head
+/// every [`REMOTE_HEAD_EVERY`] (docs/PROTOCOL.md, section 6).
+pub const REMOTE_MIN: Duration = Duration::from_millis(1);
+pub const REMOTE_MAX: Duration = Duration::from_secs(2);
+pub const REMOTE_RAPID: Duration = Duration::from_millis(20);
+/// [`LinkConfig::head_every`] on a store without change notification.
+pub const REMOTE_HEAD_EVERY: Duration = Duration::from_secs(5);
+/// [`LinkConfig::readahead`] on a store without change notification: each
+/// name fetched ahead and not there yet is a request; DFTP stages only a
+/// few chunk messages at a time anyway.
+pub const REMOTE_READAHEAD: u64 = 4;
+
 impl Poller {
     /// For a store with change notification, the poll is only a safety net.
     pub fn for_store(store: &dyn Store) -> Poller {
         if store.notifies() {
             Poller::new(Duration::from_secs(5), Duration::from_secs(5))
         } else {
-            Poller::new(Duration::from_millis(20), Duration::from_secs(1))
+            Poller::new(REMOTE_MIN, REMOTE_MAX)
         }
     }
 
@@ -89,25 +108,194 @@ impl Poller {
     }
 }
 
-/// Waits for the first of: a change signal, the deadline, the poll timer.
-/// Returns false when `shutdown` fired.
-async fn wait(
-    changes: &mut Changes,
-    clock: &Clock,
-    deadline: Option<Duration>,
-    poll: Duration,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> bool {
-    let now = clock.now();
-    let mut until = now + poll;
-    if let Some(d) = deadline {
-        until = until.min(d);
+/// The link settings for `store`: on a store without change notification
+/// the peer's head is read at most every [`REMOTE_HEAD_EVERY`], so that an
+/// idle link costs one request per poll most of the time, and fewer
+/// messages are fetched ahead ([`REMOTE_READAHEAD`]).
+pub fn link_config_for(store: &dyn Store) -> LinkConfig {
+    let mut cfg = LinkConfig::default();
+    if !store.notifies() {
+        cfg.head_every = REMOTE_HEAD_EVERY;
+        cfg.readahead = REMOTE_READAHEAD;
     }
-    let sleep = tokio::time::sleep_until(clock.instant(until).into());
-    tokio::select! {
-        _ = changes.changed() => true,
-        _ = sleep => true,
-        _ = shutdown => false,
+    cfg
+}
+
+/// [`link_config_for`] for the ping tools: on a store without change
+/// notification only the next message is fetched (one ping at a time is
+/// in flight; each name fetched ahead is a request, and one more in the
+/// way of the reply).
+pub fn ping_link_config_for(store: &dyn Store) -> LinkConfig {
+    let mut cfg = link_config_for(store);
+    if !store.notifies() {
+        cfg.readahead = 1;
+    }
+    cfg
+}
+
+/// Most store operations in flight at once per party.
+pub const MAX_CONCURRENT_OPS: usize = 8;
+
+type OpFuture<'a> = Pin<Box<dyn Future<Output = OpResult> + Send + 'a>>;
+
+/// Runs store operations concurrently, at most `limit` at once, started in
+/// the order they were queued; results come back as they complete. The
+/// machines allow that: the mailbox keeps one write in flight per mutable
+/// file (`head`, `ack`) and writes its messages one at a time and in order,
+/// and every result is matched by its key, not by its order.
+pub struct OpRunner<'a> {
+    store: &'a dyn Store,
+    limit: usize,
+    queue: VecDeque<Op>,
+    running: FuturesUnordered<OpFuture<'a>>,
+    /// Operations queued so far, in all.
+    pushed: u64,
+}
+
+/// What ended a driver's wait.
+pub enum Woke {
+    /// A store operation finished.
+    Done(OpResult),
+    /// A change signal, the deadline or the poll timer: look again.
+    Wake,
+    /// The shutdown future completed.
+    Shutdown,
+}
+
+impl<'a> OpRunner<'a> {
+    pub fn new(store: &'a dyn Store, limit: usize) -> OpRunner<'a> {
+        OpRunner { store, limit: limit.max(1), queue: VecDeque::new(), running: FuturesUnordered::new(), pushed: 0 }
+    }
+
+    /// Queues `op`, starting it at once if fewer than `limit` are running.
+    pub fn push(&mut self, op: Op) {
+        self.pushed += 1;
+        self.queue.push_back(op);
+        self.start();
+    }
+
+    fn start(&mut self) {
+        while self.running.len() < self.limit {
+            let Some(op) = self.queue.pop_front() else { break };
+            self.running.push(Box::pin(perform(self.store, op)));
+        }
+    }
+
+    /// Polls the running operations once, without waiting: hands new
+    /// requests to the HTTP client before the caller spends milliseconds on
+    /// CPU work (reading and hashing a chunk), and returns those that have
+    /// finished (a folder store's finish at once). [`OpRunner::wait`] is
+    /// what waits.
+    pub fn kick(&mut self) -> Vec<OpResult> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut done = Vec::new();
+        while let std::task::Poll::Ready(Some(res)) = self.running.poll_next_unpin(&mut cx) {
+            done.push(res);
+            self.start();
+        }
+        done
+    }
+
+    /// Operations queued or running.
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits for the first of: `shutdown`, an operation finishing, a change
+    /// signal, the time `until`.
+    pub async fn wait(
+        &mut self,
+        changes: &mut Changes,
+        clock: &Clock,
+        until: Duration,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Woke {
+        let sleep = tokio::time::sleep_until(clock.instant(until).into());
+        let running = !self.running.is_empty();
+        tokio::select! {
+            biased;
+            _ = shutdown => Woke::Shutdown,
+            Some(res) = self.running.next(), if running => {
+                self.start();
+                Woke::Done(res)
+            }
+            _ = changes.changed() => Woke::Wake,
+            _ = sleep => Woke::Wake,
+        }
+    }
+
+    /// Drops the queued operations and lets the running ones finish (for at
+    /// most `max`), so that a clean-up that follows is not raced by a late
+    /// write.
+    pub async fn settle(&mut self, max: Duration) {
+        self.queue.clear();
+        let _ = tokio::time::timeout(max, async { while self.running.next().await.is_some() {} }).await;
+        self.running = FuturesUnordered::new();
+    }
+}
+
+/// Longest wait for running store operations before a clean-up.
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
+/// When a driver looks at the store next: when the [`Poller`]'s timer
+/// fires, and on a store without change notification, within
+/// [`REMOTE_RAPID`] of activity, also as soon as the requests of the
+/// previous look are all answered. Such a look is paced by the round trip:
+/// it happens only after a look that issued requests, so it is never a busy
+/// loop (and the timer could not poll faster than its 1 ms resolution).
+pub struct Pace {
+    poller: Poller,
+    poll_at: Option<Duration>,
+    /// How long after activity looks may follow each other at once (zero: never).
+    rapid_for: Duration,
+    active_at: Option<Duration>,
+    /// `OpRunner::pushed` when the last wake began, until its outputs are queued.
+    wake_mark: Option<u64>,
+    wake_issued: bool,
+}
+
+impl Pace {
+    pub fn for_store(store: &dyn Store) -> Pace {
+        let rapid_for = if store.notifies() { Duration::ZERO } else { REMOTE_RAPID };
+        Pace::new(Poller::for_store(store), rapid_for)
+    }
+
+    pub fn new(poller: Poller, rapid_for: Duration) -> Pace {
+        Pace { poller, poll_at: None, rapid_for, active_at: None, wake_mark: None, wake_issued: false }
+    }
+
+    /// Something happened at `now`: look again soon.
+    pub fn activity(&mut self, now: Duration) {
+        self.poller.activity();
+        self.poll_at = None;
+        self.active_at = Some(now);
+    }
+
+    /// A wake begins; the operations it leads to are queued before the next
+    /// call to [`Pace::until`].
+    pub fn woke(&mut self, ops: &OpRunner<'_>) {
+        self.wake_mark = Some(ops.pushed);
+    }
+
+    /// The time of the next wake: the poll timer (chosen when the previous
+    /// one has passed), the machine's `deadline`, or now for a rapid look.
+    pub fn until(&mut self, now: Duration, deadline: Option<Duration>, ops: &OpRunner<'_>) -> Duration {
+        if let Some(mark) = self.wake_mark.take() {
+            self.wake_issued = ops.pushed > mark;
+        }
+        let hot = self.active_at.is_some_and(|t| now.saturating_sub(t) < self.rapid_for);
+        if hot && self.wake_issued && ops.is_empty() {
+            return now;
+        }
+        if self.poll_at.is_some_and(|t| t <= now) {
+            self.poll_at = None;
+        }
+        let at = *self.poll_at.get_or_insert_with(|| now + self.poller.next_delay());
+        deadline.map_or(at, |d| d.min(at))
     }
 }
 
@@ -125,20 +313,14 @@ pub async fn run_ping_client(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut machine = PingClient::new(client, server, cfg, fresh_session(), clock.now());
     let mut changes = store.changes(&machine.watch_prefix());
-    let mut poller = Poller::for_store(store);
+    let mut pace = Pace::for_store(store);
+    let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
     loop {
-        let mut active = false;
-        loop {
-            let ops = machine.take_ops();
-            if ops.is_empty() {
-                break;
-            }
-            for op in ops {
-                let res = perform(store, op).await;
-                machine.on_result(clock.now(), res);
-            }
+        for op in machine.take_ops() {
+            ops.push(op);
         }
+        let mut active = false;
         for ev in machine.take_events() {
             active |= matches!(ev, PingEvent::Reply { .. } | PingEvent::Sent { .. });
             on_event(&ev);
@@ -147,15 +329,20 @@ pub async fn run_ping_client(
             break;
         }
         if active {
-            poller.activity();
+            pace.activity(clock.now());
         }
-        let poll = poller.next_delay();
-        if !wait(&mut changes, &clock, machine.deadline(), poll, &mut shutdown).await {
-            break;
+        let until = pace.until(clock.now(), machine.deadline(), &ops);
+        match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
+            Woke::Done(res) => machine.on_result(clock.now(), res),
+            Woke::Wake => {
+                pace.woke(&ops);
+                machine.wake(clock.now());
+            }
+            Woke::Shutdown => break,
         }
-        machine.wake(clock.now());
     }
     let summary = machine.summary();
+    ops.settle(SETTLE).await;
     cleanup_link_dir(store, machine.link().out_dir()).await;
     summary
 }
@@ -171,11 +358,34 @@ pub async fn cleanup_link_dir(store: &dyn Store, dir: &Key) {
     }
 }
 
+/// Settings of a ping server.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    pub link: LinkConfig,
+    /// Clients served from the start without being found by listing: those
+    /// whose outbox is read elsewhere (read-only HTTP cannot be listed).
+    pub known_clients: Vec<PeerId>,
+    /// Least time between two listings of the store root for new clients.
+    pub discover_every: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults for `store`: [`ping_link_config_for`], and on a store
+    /// without change notification a listing at most every [`REMOTE_HEAD_EVERY`].
+    pub fn for_store(store: &dyn Store) -> ServerOptions {
+        ServerOptions {
+            link: ping_link_config_for(store),
+            known_clients: Vec::new(),
+            discover_every: if store.notifies() { Duration::ZERO } else { REMOTE_HEAD_EVERY },
+        }
+    }
+}
+
 /// Runs the ping server until `shutdown` completes, then removes its files.
 pub async fn run_ping_server(
     store: &dyn Store,
     me: PeerId,
-    link: crate::proto::mailbox::LinkConfig,
+    opts: ServerOptions,
     mut on_event: impl FnMut(&ServerEvent),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
@@ -183,35 +393,37 @@ pub async fn run_ping_server(
     let mut shutdown = std::pin::pin!(shutdown);
     // Fail early, with a clear message, if the store cannot be used at all.
     store.list(&Key::root()).await?;
-    let mut machine = PingServer::new(me.clone(), link, fresh_session());
+    let mut machine = PingServer::new(me.clone(), opts.link, fresh_session()).with_discover_every(opts.discover_every);
+    for c in opts.known_clients {
+        machine.add_client(clock.now(), c);
+    }
     let mut changes = store.changes(&Key::root());
-    let mut poller = Poller::for_store(store);
+    let mut pace = Pace::for_store(store);
+    let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
     loop {
-        let mut active = false;
-        loop {
-            let ops = machine.take_ops();
-            if ops.is_empty() {
-                break;
-            }
-            for op in ops {
-                let res = perform(store, op).await;
-                machine.on_result(clock.now(), res);
-            }
+        for op in machine.take_ops() {
+            ops.push(op);
         }
+        let mut active = false;
         for ev in machine.take_events() {
             active |= matches!(ev, ServerEvent::Answered { .. } | ServerEvent::NewClient(_));
             on_event(&ev);
         }
         if active {
-            poller.activity();
+            pace.activity(clock.now());
         }
-        let poll = poller.next_delay();
-        if !wait(&mut changes, &clock, machine.deadline(), poll, &mut shutdown).await {
-            break;
+        let until = pace.until(clock.now(), machine.deadline(), &ops);
+        match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
+            Woke::Done(res) => machine.on_result(clock.now(), res),
+            Woke::Wake => {
+                pace.woke(&ops);
+                machine.wake(clock.now());
+            }
+            Woke::Shutdown => break,
         }
-        machine.wake(clock.now());
     }
+    ops.settle(SETTLE).await;
     // Remove everything in my outbox.
     let mine = Key::new([me.as_str()]).expect("valid id");
     if let Ok(peers) = store.list(&mine).await {
@@ -225,3 +437,66 @@ pub async fn run_ping_server(
 }
 
 pub mod dftp;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poller_doubles_to_the_ceiling() {
+        let ms = Duration::from_millis;
+        let mut p = Poller::new(ms(1), ms(8));
+        let got: Vec<Duration> = (0..6).map(|_| p.next_delay()).collect();
+        assert_eq!(got, [ms(1), ms(2), ms(4), ms(8), ms(8), ms(8)]);
+        p.activity();
+        assert_eq!(p.next_delay(), ms(1));
+    }
+
+    #[test]
+    fn pace_looks_again_at_once_only_after_answered_requests_of_a_recent_activity() {
+        use crate::store::MemoryStore;
+        let ms = Duration::from_millis;
+        let store = MemoryStore::new();
+        let mut ops = OpRunner::new(&store, 8);
+        let mut pace = Pace::new(Poller::new(ms(1), ms(8)), ms(20));
+        // Before any activity: the timer.
+        assert_eq!(pace.until(ms(0), None, &ops), ms(1));
+        pace.activity(ms(10));
+        pace.woke(&ops);
+        // A look that issued nothing: the timer again, never a busy loop.
+        assert_eq!(pace.until(ms(10), None, &ops), ms(11));
+        pace.woke(&ops);
+        ops.push(Op::List(Key::root()));
+        assert_eq!(pace.until(ms(11), None, &ops), ms(13), "the timer until the request is answered");
+        let _ = ops.kick();
+        assert!(ops.is_empty());
+        assert_eq!(pace.until(ms(12), Some(ms(50)), &ops), ms(12), "answered: look again now");
+        // Long after the activity: the timer (doubling), or the deadline.
+        assert_eq!(pace.until(ms(40), Some(ms(41)), &ops), ms(41));
+    }
+
+    #[tokio::test]
+    async fn op_runner_limits_and_returns_every_result() {
+        use crate::store::MemoryStore;
+        let store = MemoryStore::new();
+        let mut ops = OpRunner::new(&store, 2);
+        let k = |i: u32| Key::new([format!("k{i}")]).unwrap();
+        for i in 0..5 {
+            ops.push(Op::Put(k(i), bytes::Bytes::from(vec![i as u8])));
+        }
+        assert_eq!((ops.running.len(), ops.queue.len()), (2, 3));
+        let clock = Clock::start();
+        let mut changes = Changes::never();
+        let mut never = std::pin::pin!(std::future::pending::<()>());
+        let mut done = Vec::new();
+        while !ops.is_empty() {
+            match ops.wait(&mut changes, &clock, clock.now() + Duration::from_secs(5), &mut never).await {
+                Woke::Done(OpResult::Put(key, Ok(()))) => done.push(key),
+                _ => panic!("unexpected wake"),
+            }
+        }
+        done.sort();
+        assert_eq!(done, (0..5).map(k).collect::<Vec<_>>());
+        assert_eq!(store.get(&k(4), 10).await.unwrap(), Some(vec![4]));
+    }
+}

@@ -119,6 +119,9 @@ pub struct DftpSender {
     staged: u64,
     /// Chunk objects being written: index → (key, data, hash).
     putting: BTreeMap<u64, (Key, Bytes, String)>,
+    /// Chunk objects written but not yet announced: index → (key, length,
+    /// hash). Writes may finish out of order; announcements go in order.
+    written: BTreeMap<u64, (Key, u64, String)>,
     /// Chunk objects whose write failed, to retry at `retry_at`.
     put_retry: Vec<u64>,
     retry_at: Option<Duration>,
@@ -170,6 +173,7 @@ impl DftpSender {
             read_next: if resumed { 0 } else { st.next_index },
             staged,
             putting: BTreeMap::new(),
+            written: BTreeMap::new(),
             put_retry: Vec::new(),
             retry_at: None,
             put_fails: 0,
@@ -285,7 +289,10 @@ impl DftpSender {
                     Ok(()) => {
                         self.put_fails = 0;
                         if let Some((key, data, hash)) = self.putting.remove(&idx) {
-                            self.publish(now, idx, key, data.len() as u64, hash);
+                            self.written.insert(idx, (key, data.len() as u64, hash));
+                        }
+                        while let Some((key, len, hash)) = self.written.remove(&self.st.next_index) {
+                            self.publish(now, self.st.next_index, key, len, hash);
                         }
                     }
                     Err(e) => {
@@ -396,7 +403,11 @@ impl DftpSender {
             self.preexisting.remove(&self.read_next);
             self.issue_read(self.read_next);
         }
-        if self.st.next_index >= chunks && self.putting.is_empty() && self.st.phase == SendPhase::Sending {
+        if self.st.next_index >= chunks
+            && self.putting.is_empty()
+            && self.written.is_empty()
+            && self.st.phase == SendPhase::Sending
+        {
             self.st.file_sha256 = Some(hex::encode(self.hasher.clone().finalize()));
             self.st.phase = SendPhase::DoneSent;
             self.send_done(now);

@@ -96,7 +96,9 @@ pub struct LinkConfig {
     /// Most of the peer's messages fetched ahead of delivery.
     pub readahead: u64,
     /// Least time between two reads of the peer's `head` once its session
-    /// is known (zero: at every wake; fine for a local folder).
+    /// is known (zero: at every wake; fine for a local folder). A sixteenth
+    /// of it while the peer's messages arrive, or once its head is gone, so
+    /// that a peer that restarts with a new session is followed quickly.
     pub head_every: Duration,
     /// First retry delay after a failed operation; doubles up to `max_backoff`.
     pub min_backoff: Duration,
@@ -209,6 +211,8 @@ pub struct Link {
     buffered: BTreeMap<u64, Envelope>,
     head_get_pending: bool,
     last_head_read: Option<Duration>,
+    /// When a message of the peer's was last delivered.
+    last_delivery: Option<Duration>,
     /// The peer's head file was seen, then found absent: it cleaned up.
     peer_gone: bool,
     fetch_fail: BTreeMap<u64, (u32, Duration)>,
@@ -272,6 +276,7 @@ impl Link {
             buffered: BTreeMap::new(),
             head_get_pending: false,
             last_head_read: None,
+            last_delivery: None,
             peer_gone: false,
             fetch_fail: BTreeMap::new(),
             ack_put_pending: false,
@@ -348,7 +353,7 @@ impl Link {
     /// Something may have changed: look again.
     pub fn wake(&mut self, now: Duration) {
         let head_due = self.state.peer_session.is_none()
-            || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.cfg.head_every);
+            || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.head_interval(now));
         if head_due && !self.head_get_pending {
             self.head_get_pending = true;
             self.last_head_read = Some(now);
@@ -356,7 +361,9 @@ impl Link {
         }
         if let Some(session) = self.state.peer_session {
             let next = self.delivered + 1;
-            if !self.buffered.contains_key(&next) {
+            // A peer whose head is gone has finished that session: only its
+            // head is watched, for a new one.
+            if !self.peer_gone && !self.buffered.contains_key(&next) {
                 self.fetch(now, session, next);
             }
         }
@@ -365,6 +372,13 @@ impl Link {
             self.out.push(Output::Op(Op::Get(self.ack_key_in.clone(), MAX_ACK_LEN)));
         }
         self.retry_due(now);
+    }
+
+    /// How long after the last read the peer's head is read again: see
+    /// [`LinkConfig::head_every`].
+    fn head_interval(&self, now: Duration) -> Duration {
+        let receiving = self.last_delivery.is_some_and(|t| now.saturating_sub(t) < self.cfg.head_every);
+        if self.peer_gone || receiving { self.cfg.head_every / 16 } else { self.cfg.head_every }
     }
 
     /// When the link wants a [`Link::wake`] even without a change signal.
@@ -735,9 +749,14 @@ impl Link {
                 return;
             }
         };
-        self.peer_gone = false;
+        let before = (std::mem::replace(&mut self.peer_gone, false), self.state.peer_session, self.delivered);
         self.enter(env.session, env.base);
-        self.fetch_more(now);
+        // A window ahead only when something changed: an unchanged head
+        // leaves the next name to `wake` (on a polled store each fetch is a
+        // request).
+        if before != (false, self.state.peer_session, self.delivered) {
+            self.fetch_more(now);
+        }
     }
 
     /// Applies what the peer announces: its `session`, and `base`, the
@@ -858,6 +877,7 @@ impl Link {
             self.out.push(Output::Deliver(env));
         }
         if self.delivered > before {
+            self.last_delivery = Some(now);
             self.fetch_more(now);
         }
     }

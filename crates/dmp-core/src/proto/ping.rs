@@ -244,12 +244,16 @@ pub enum ServerEvent {
     StoreError(StoreError),
 }
 
-/// The liveness responder: one link per client found in the store.
+/// The liveness responder: one link per client found in the store or
+/// registered with [`PingServer::add_client`].
 pub struct PingServer {
     me: PeerId,
     link_cfg: LinkConfig,
     links: BTreeMap<PeerId, Link>,
     root_list_pending: bool,
+    /// Least time between two listings of the store root (zero: at every wake).
+    discover_every: Duration,
+    last_list: Option<Duration>,
     ops: Vec<Op>,
     events: Vec<ServerEvent>,
     session: u64,
@@ -262,10 +266,20 @@ impl PingServer {
             link_cfg,
             links: BTreeMap::new(),
             root_list_pending: false,
+            discover_every: Duration::ZERO,
+            last_list: None,
             ops: Vec::new(),
             events: Vec::new(),
             session,
         }
+    }
+
+    /// Lists the store root for new clients at most once per `every` (on a
+    /// polled remote store a listing at every wake would double the idle
+    /// request rate).
+    pub fn with_discover_every(mut self, every: Duration) -> PingServer {
+        self.discover_every = every;
+        self
     }
 
     /// Clients seen so far.
@@ -273,9 +287,26 @@ impl PingServer {
         self.links.keys()
     }
 
+    /// Serves `peer` without waiting to find it by listing: for a client
+    /// whose outbox is read elsewhere (read-only HTTP cannot be listed).
+    /// Returns false when it is already served, or is this server.
+    pub fn add_client(&mut self, now: Duration, peer: PeerId) -> bool {
+        if peer == self.me || self.links.contains_key(&peer) {
+            return false;
+        }
+        self.events.push(ServerEvent::NewClient(peer.clone()));
+        let mut link = Link::new(self.me.clone(), peer.clone(), self.link_cfg.clone(), None, self.session);
+        link.wake(now);
+        self.links.insert(peer, link);
+        self.drain(now);
+        true
+    }
+
     pub fn wake(&mut self, now: Duration) {
-        if !self.root_list_pending {
+        let due = self.last_list.is_none_or(|t| now.saturating_sub(t) >= self.discover_every);
+        if due && !self.root_list_pending {
             self.root_list_pending = true;
+            self.last_list = Some(now);
             self.ops.push(Op::List(Key::root()));
         }
         for l in self.links.values_mut() {
@@ -294,14 +325,7 @@ impl PingServer {
                 if let Ok(names) = r {
                     for name in names {
                         let Ok(peer) = PeerId::new(name) else { continue };
-                        if peer == self.me || self.links.contains_key(&peer) {
-                            continue;
-                        }
-                        self.events.push(ServerEvent::NewClient(peer.clone()));
-                        let mut link =
-                            Link::new(self.me.clone(), peer.clone(), self.link_cfg.clone(), None, self.session);
-                        link.wake(now);
-                        self.links.insert(peer, link);
+                        self.add_client(now, peer);
                     }
                 }
                 self.drain(now);

@@ -274,14 +274,16 @@ impl Http {
             };
         }
         let detail = error_detail(resp).await;
+        // "list: ..." rather than "list : ..." for the root.
+        let what = if key.is_root() { op.to_owned() } else { format!("{op} {key}") };
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Failure::Fatal(StoreError::Denied {
                 store: self.store.clone(),
-                msg: format!("{op} {key}: HTTP {}{detail}; {}", status_text(status), self.denied_hint),
+                msg: format!("{what}: HTTP {}{detail}; {}", status_text(status), self.denied_hint),
             }),
             StatusCode::INSUFFICIENT_STORAGE => Failure::Fatal(StoreError::Full {
                 store: self.store.clone(),
-                msg: format!("{op} {key}: HTTP {}{detail}", status_text(status)),
+                msg: format!("{what}: HTTP {}{detail}", status_text(status)),
             }),
             _ => self.fatal_io(op, key, format!("unexpected HTTP {}{detail}", status_text(status))),
         }

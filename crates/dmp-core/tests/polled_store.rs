@@ -1,0 +1,128 @@
+//! What a party does on a store without change notification, where every
+//! look is a request: how often the mailbox reads the peer's head, that it
+//! stops fetching from a peer that has gone, and how the ping server finds
+//! its clients (by a rate-limited listing, or registered up front because
+//! their outbox is read-only HTTP).
+
+use dmp_core::PeerId;
+use dmp_core::proto::mailbox::{Link, LinkConfig, Op, OpResult, Output};
+use dmp_core::proto::ping::{PingServer, ServerEvent};
+use dmp_core::store::Key;
+use dmp_core::wire::{Envelope, Kind};
+use std::time::Duration;
+
+fn id(s: &str) -> PeerId {
+    PeerId::new(s).unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn key(s: &str) -> Key {
+    Key::new(s.split('/')).unwrap()
+}
+
+/// The store operations among `outs`.
+fn ops(outs: Vec<Output>) -> Vec<Op> {
+    outs.into_iter()
+        .filter_map(|o| match o {
+            Output::Op(op) => Some(op),
+            _ => None,
+        })
+        .collect()
+}
+
+fn gets(ops: &[Op]) -> Vec<String> {
+    ops.iter()
+        .filter_map(|o| match o {
+            Op::Get(k, _) => Some(k.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn head_of_b(session: u64) -> Vec<u8> {
+    Envelope {
+        flags: 0,
+        kind: Kind::Head,
+        sender: id("b"),
+        recipient: id("a"),
+        session,
+        seq: 0,
+        base: 1,
+        payload: Vec::new(),
+    }
+    .encode()
+}
+
+#[test]
+fn the_head_is_read_every_head_every_and_often_once_the_peer_is_gone() {
+    let cfg = LinkConfig { head_every: Duration::from_secs(5), ..LinkConfig::default() };
+    let mut l = Link::new(id("a"), id("b"), cfg, None, 7);
+    l.wake(ms(0));
+    let first = ops(l.take_outputs());
+    assert!(gets(&first).contains(&"b/a/head".to_string()), "{first:?}");
+    l.on_result(ms(0), OpResult::Listed(key("a/b"), Ok(Vec::new())));
+    l.on_result(ms(0), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(9)))));
+    let msg1 = "b/a/0000000000000009-0000000000000001.msg";
+    assert!(gets(&ops(l.take_outputs())).contains(&msg1.to_string()));
+    l.on_result(ms(1), OpResult::Got(key(msg1), Ok(None)));
+    let _ = l.take_outputs();
+
+    // Idle, session known: one request per look, the head every 5 s.
+    l.wake(ms(1000));
+    assert_eq!(gets(&ops(l.take_outputs())), [msg1]);
+    l.on_result(ms(1000), OpResult::Got(key(msg1), Ok(None)));
+    l.wake(ms(5000));
+    let g = gets(&ops(l.take_outputs()));
+    assert!(g.contains(&"b/a/head".to_string()) && g.contains(&msg1.to_string()), "{g:?}");
+    l.on_result(ms(5000), OpResult::Got(key(msg1), Ok(None)));
+    // An unchanged head fetches nothing more (the next name is fetched at
+    // each look anyway).
+    l.on_result(ms(5000), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(9)))));
+    assert!(gets(&ops(l.take_outputs())).is_empty());
+    l.wake(ms(10_000));
+    let g = gets(&ops(l.take_outputs()));
+    assert!(g.contains(&"b/a/head".to_string()) && g.contains(&msg1.to_string()), "{g:?}");
+    l.on_result(ms(10_000), OpResult::Got(key(msg1), Ok(None)));
+
+    // The head is gone: the peer finished. Only its head is watched, every
+    // 5 s / 16, for a new session.
+    l.on_result(ms(10_000), OpResult::Got(key("b/a/head"), Ok(None)));
+    assert!(l.peer_gone());
+    let _ = l.take_outputs();
+    l.wake(ms(10_100));
+    assert!(gets(&ops(l.take_outputs())).is_empty(), "nothing to fetch from a gone peer, head not due yet");
+    l.wake(ms(10_400));
+    assert_eq!(gets(&ops(l.take_outputs())), ["b/a/head"]);
+    // It comes back with a new session: followed at once.
+    l.on_result(ms(10_400), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(10)))));
+    assert!(!l.peer_gone());
+    let g = gets(&ops(l.take_outputs()));
+    assert!(g.contains(&"b/a/000000000000000a-0000000000000001.msg".to_string()), "{g:?}");
+}
+
+#[test]
+fn ping_server_lists_at_most_every_discover_every_and_serves_known_clients() {
+    let mut s = PingServer::new(id("srv"), LinkConfig::default(), 5).with_discover_every(Duration::from_secs(5));
+    // A client registered up front (its outbox is read over HTTP) is served
+    // before any listing, and only once.
+    assert!(s.add_client(ms(0), id("alice")));
+    assert!(!s.add_client(ms(0), id("alice")));
+    assert!(!s.add_client(ms(0), id("srv")), "never itself");
+    assert_eq!(s.take_events(), [ServerEvent::NewClient(id("alice"))]);
+    let lists = |ops: &[Op]| ops.iter().filter(|o| matches!(o, Op::List(k) if k.is_root())).count();
+    s.wake(ms(0));
+    let o = s.take_ops();
+    assert_eq!(lists(&o), 1);
+    assert!(gets(&o).contains(&"alice/srv/head".to_string()), "{o:?}");
+    s.on_result(ms(1), OpResult::Listed(Key::root(), Ok(vec!["alice".into(), "srv".into(), "bob".into()])));
+    assert_eq!(s.take_events(), [ServerEvent::NewClient(id("bob"))]);
+    let _ = s.take_ops();
+    s.wake(ms(2000));
+    assert_eq!(lists(&s.take_ops()), 0, "not again within 5 s");
+    s.wake(ms(5000));
+    assert_eq!(lists(&s.take_ops()), 1);
+    assert_eq!(s.clients().map(|c| c.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
+}
