@@ -2,9 +2,11 @@
 //! feeding it store results, change signals and the time.
 
 use crate::id::PeerId;
+use crate::keys::KeyError;
 use crate::proto::mailbox::{Op, OpResult};
 use crate::proto::ping::{PingClient, PingConfig, PingEvent, PingServer, PingSummary, ServerEvent};
 use crate::store::{Changes, Key, Store, StoreError};
+use security::Security;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -113,22 +115,44 @@ async fn wait(
 
 /// Runs a ping client until it has sent `count` requests and heard back or
 /// given up on each, or until `shutdown` completes.
+///
+/// With `security`, the client publishes its key, waits for the server's
+/// (pinned beforehand or published), pins it on first contact and seals
+/// everything; a changed key ends the run with an error.
 pub async fn run_ping_client(
     store: &dyn Store,
     client: PeerId,
     server: PeerId,
-    cfg: PingConfig,
+    mut cfg: PingConfig,
+    security: Option<Security>,
     mut on_event: impl FnMut(&PingEvent),
     shutdown: impl Future<Output = ()>,
-) -> PingSummary {
+) -> Result<PingSummary, KeyError> {
     let clock = Clock::start();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut machine = PingClient::new(client, server, cfg, fresh_session(), clock.now());
+    cfg.link.secure = security.is_some();
+    if let Some(sec) = &security {
+        if let Err(e) = sec.publish(store).await {
+            tracing::warn!("cannot publish my key yet: {e}");
+        }
+    }
+    let mut machine = PingClient::new(client, server.clone(), cfg, fresh_session(), clock.now());
     let mut changes = store.changes(&machine.watch_prefix());
     let mut poller = Poller::for_store(store);
     machine.wake(clock.now());
+    let mut failure = None;
     loop {
         let mut active = false;
+        if let (true, Some(sec)) = (machine.needs_key(), &security) {
+            match sec.resolve(store, &server, &mut |n| on_event(&PingEvent::Key(n))).await {
+                Ok(Some(c)) => machine.set_crypto(clock.now(), c),
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
         loop {
             let ops = machine.take_ops();
             if ops.is_empty() {
@@ -157,7 +181,19 @@ pub async fn run_ping_client(
     }
     let summary = machine.summary();
     cleanup_link_dir(store, machine.link().out_dir()).await;
-    summary
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// True when `client` has a channel directory towards `me` (or when that
+/// cannot be told, e.g. a read-only outbox that cannot be listed).
+async fn talks_to(store: &dyn Store, client: &PeerId, me: &PeerId) -> bool {
+    match store.list(&Key::new([client.as_str()]).expect("valid id")).await {
+        Ok(names) => names.iter().any(|n| n == me.as_str()),
+        Err(_) => true,
+    }
 }
 
 /// Deletes every object in one of my channel directories (best effort).
@@ -169,13 +205,19 @@ pub async fn cleanup_link_dir(store: &dyn Store, dir: &Key) {
             }
         }
     }
+    let _ = store.sweep(dir).await;
 }
 
 /// Runs the ping server until `shutdown` completes, then removes its files.
+///
+/// With `security`, each client's key is resolved (and pinned on first
+/// contact) once the client has a channel towards this server; a client
+/// whose key changed is refused (logged) and ignored.
 pub async fn run_ping_server(
     store: &dyn Store,
     me: PeerId,
-    link: crate::proto::mailbox::LinkConfig,
+    mut link: crate::proto::mailbox::LinkConfig,
+    security: Option<Security>,
     mut on_event: impl FnMut(&ServerEvent),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
@@ -183,12 +225,34 @@ pub async fn run_ping_server(
     let mut shutdown = std::pin::pin!(shutdown);
     // Fail early, with a clear message, if the store cannot be used at all.
     store.list(&Key::root()).await?;
+    link.secure = security.is_some();
+    if let Some(sec) = &security {
+        if let Err(e) = sec.publish(store).await {
+            tracing::warn!("cannot publish my key yet: {e}");
+        }
+    }
+    let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
     let mut machine = PingServer::new(me.clone(), link, fresh_session());
     let mut changes = store.changes(&Key::root());
     let mut poller = Poller::for_store(store);
     machine.wake(clock.now());
     loop {
         let mut active = false;
+        if let Some(sec) = &security {
+            for client in machine.clients_needing_key() {
+                if refused.contains(&client) || !talks_to(store, &client, &me).await {
+                    continue;
+                }
+                match sec.resolve(store, &client, &mut |n| on_event(&ServerEvent::Key(n))).await {
+                    Ok(Some(c)) => machine.set_client_crypto(clock.now(), &client, c),
+                    Ok(None) => {}
+                    Err(e) => {
+                        on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
+                        refused.insert(client);
+                    }
+                }
+            }
+        }
         loop {
             let ops = machine.take_ops();
             if ops.is_empty() {
@@ -225,3 +289,4 @@ pub async fn run_ping_server(
 }
 
 pub mod dftp;
+pub mod security;
