@@ -50,6 +50,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
+    match cli.common.print_fingerprint(&cli.receiver) {
+        Ok(true) => return Exit::Ok,
+        Ok(false) => {}
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    }
     match std::fs::metadata(&cli.dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -61,6 +69,13 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     }
+    let security = match cli.common.security(&cli.receiver) {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
     let (spec, store) = match cli.common.open_store(&cli.receiver).await {
         Ok(s) => s,
         Err(e) => {
@@ -80,6 +95,7 @@ async fn run(cli: Cli) -> Exit {
         state_file,
         timeout: cli.timeout,
         linger: Duration::from_secs(10),
+        security,
     };
     if !cli.json && !cli.common.quiet {
         eprintln!("waiting for a file from {} via {spec}", cli.sender);
@@ -105,6 +121,7 @@ async fn run(cli: Cli) -> Exit {
                 pb.set_position(p.done);
             }
         },
+        dmp_cli::key_notice,
         dmp_cli::shutdown_signal(),
     )
     .await;

@@ -85,6 +85,33 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
+    match cli.common.print_fingerprint(&cli.sender) {
+        Ok(true) => return Exit::Ok,
+        Ok(false) => {}
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    }
+    // Before anything is printed: a usage error is one line.
+    match std::fs::metadata(&cli.file) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            eprintln!("error: {} is not a regular file", cli.file.display());
+            return Exit::Usage;
+        }
+        Err(e) => {
+            eprintln!("error: cannot open {}: {e}", cli.file.display());
+            return Exit::Usage;
+        }
+    }
+    let security = match cli.common.security(&cli.sender) {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
     let (spec, store) = match cli.common.open_store(&cli.sender).await {
         Ok(s) => s,
         Err(e) => {
@@ -107,6 +134,7 @@ async fn run(cli: Cli) -> Exit {
         },
         state_file,
         timeout: cli.timeout,
+        security,
     };
     if !cli.json && !cli.common.quiet {
         eprintln!("offering {} to {} via {spec}", cli.file.display(), cli.receiver);
@@ -123,6 +151,7 @@ async fn run(cli: Cli) -> Exit {
                 pb.set_position(p.done);
             }
         },
+        dmp_cli::key_notice,
         dmp_cli::shutdown_signal(),
     )
     .await;

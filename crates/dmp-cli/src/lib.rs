@@ -54,6 +54,20 @@ pub struct Common {
     /// Less output: results only, no progress, warnings and errors off.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Send and accept unencrypted, unauthenticated messages and chunks.
+    /// Both sides must say so. Anyone who can read the store reads
+    /// everything; anyone who can write it can forge messages.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+
+    /// Accept a changed key of PEER deliberately (re-pin it).
+    #[arg(long, value_name = "PEER")]
+    pub accept_new_key: Option<dmp_core::PeerId>,
+
+    /// Print this party's key fingerprint and exit.
+    #[arg(long)]
+    pub fingerprint: bool,
 }
 
 impl Common {
@@ -137,6 +151,52 @@ impl Common {
         store.list(&dmp_core::store::Key::root()).await?;
         Ok((spec, store))
     }
+}
+
+impl Common {
+    /// Loads (creating on first use) the identity of `me`, or `None` with
+    /// `--insecure-plaintext`, which is announced loudly on stderr.
+    pub fn security(&self, me: &dmp_core::PeerId) -> anyhow::Result<Option<dmp_core::drive::security::Security>> {
+        use anyhow::Context;
+        if self.insecure_plaintext {
+            eprintln!(
+                "WARNING: --insecure-plaintext: nothing is encrypted or authenticated; anyone who can read \
+                 the store reads everything, anyone who can write it can forge messages"
+            );
+            return Ok(None);
+        }
+        let dir = dmp_core::keys::config_dir()?;
+        let (identity, created) =
+            dmp_core::keys::load_or_create_identity(&dir, me).context("loading this party's key")?;
+        if created && !self.quiet {
+            eprintln!("created a key for {me}: fingerprint {}", identity.public().fingerprint());
+        }
+        tracing::info!("{me}: key fingerprint {}", identity.public().fingerprint());
+        Ok(Some(dmp_core::drive::security::Security {
+            me: me.clone(),
+            identity,
+            known: std::sync::Arc::new(dmp_core::keys::KnownPeers::open(&dir)),
+            rng: dmp_core::crypto::os_rng(),
+            accept_new_key: self.accept_new_key.clone(),
+        }))
+    }
+
+    /// With `--fingerprint`: prints `me`'s fingerprint on stdout and
+    /// returns true (the caller exits 0).
+    pub fn print_fingerprint(&self, me: &dmp_core::PeerId) -> anyhow::Result<bool> {
+        if !self.fingerprint {
+            return Ok(false);
+        }
+        let dir = dmp_core::keys::config_dir()?;
+        let (identity, _) = dmp_core::keys::load_or_create_identity(&dir, me)?;
+        println!("{me} {}", identity.public().fingerprint());
+        Ok(true)
+    }
+}
+
+/// Prints a key notice (first contact, accepted new key) on stderr.
+pub fn key_notice(n: dmp_core::keys::KeyNotice) {
+    eprintln!("{n}");
 }
 
 /// Parses the command line; a usage error prints one line and exits 2.

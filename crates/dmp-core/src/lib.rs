@@ -5,10 +5,15 @@
 //! - [`proto`]: the mailbox, ping and DFTP state machines (no I/O).
 //! - [`store`]: the [`store::Store`] trait and its adapters.
 //! - [`drive`]: the async loops that run a machine against a store.
+//! - [`sim`]: deterministic simulation of both parties against a faulty,
+//!   eventually consistent store (for tests and `cargo xtask sim`).
 
+pub mod crypto;
 pub mod drive;
 pub mod id;
+pub mod keys;
 pub mod proto;
+pub mod sim;
 pub mod size;
 pub mod state;
 pub mod store;

@@ -77,9 +77,19 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     res.map_err(io)
 }
 
-/// Removes a state file (absent is fine).
+/// Removes a state file (absent is fine), and the temporary files of saves
+/// that a crash cut short.
 pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else { return };
+    let prefix = format!("{stem}.tmp");
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
+    match cli.common.print_fingerprint(&cli.client) {
+        Ok(true) => return Exit::Ok,
+        Ok(false) => {}
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    }
+    let security = match cli.common.security(&cli.client) {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
     let (spec, store) = match cli.common.open_store(&cli.client).await {
         Ok(s) => s,
         Err(e) => {
@@ -94,6 +109,7 @@ async fn run(cli: Cli) -> Exit {
         cli.client.clone(),
         cli.server.clone(),
         cfg,
+        security,
         |ev| match ev {
             PingEvent::Reply { seq, rtt } if text && !quiet => {
                 println!("reply from {server}: seq={seq} time={} ms", fmt_ms(*rtt));
@@ -103,11 +119,19 @@ async fn run(cli: Cli) -> Exit {
             }
             PingEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
             PingEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
+            PingEvent::Key(n) => dmp_cli::key_notice(n.clone()),
             _ => {}
         },
         dmp_cli::shutdown_signal(),
     )
     .await;
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Failed;
+        }
+    };
     let st = summary.stats();
     if cli.json {
         let v = serde_json::json!({

@@ -31,6 +31,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
+    match cli.common.print_fingerprint(&cli.server) {
+        Ok(true) => return Exit::Ok,
+        Ok(false) => {}
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    }
+    let security = match cli.common.security(&cli.server) {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage;
+        }
+    };
     let (spec, store) = match cli.common.open_store(&cli.server).await {
         Ok(s) => s,
         Err(e) => {
@@ -52,11 +67,14 @@ async fn run(cli: Cli) -> Exit {
         store.as_ref(),
         cli.server.clone(),
         opts,
+        security,
         |ev| match ev {
             ServerEvent::NewClient(c) => tracing::info!("watching for pings from {c}"),
             ServerEvent::Answered { client, seq } => tracing::debug!("answered {client} message {seq}"),
             ServerEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
             ServerEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
+            ServerEvent::Key(n) => dmp_cli::key_notice(n.clone()),
+            ServerEvent::KeyRefused { client, reason } => eprintln!("refusing {client}: {reason}"),
         },
         dmp_cli::shutdown_signal(),
     )

@@ -1,8 +1,10 @@
 //! Runs the DFTP sender and receiver machines: store operations, local file
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
+use super::security::Security;
 use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
+use crate::keys::KeyNotice;
 use crate::proto::dftp::{
     DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState,
 };
@@ -57,6 +59,8 @@ pub struct SendOptions {
     pub state_file: Option<PathBuf>,
     /// Give up when the receiver shows no progress for this long.
     pub timeout: Option<Duration>,
+    /// Keys (`None`: plaintext, only with `--insecure-plaintext`).
+    pub security: Option<Security>,
 }
 
 /// What a finished send reports.
@@ -106,6 +110,7 @@ pub async fn send_file(
     peer: PeerId,
     opts: SendOptions,
     mut progress: impl FnMut(Progress),
+    mut on_key: impl FnMut(KeyNotice),
     shutdown: impl Future<Output = ()>,
 ) -> Result<SendReport, TransferError> {
     let clock = Clock::start();
@@ -140,6 +145,10 @@ pub async fn send_file(
         }
     }
     let mut cfg = opts.cfg.clone();
+    cfg.link.secure = opts.security.is_some();
+    if let Some(sec) = &opts.security {
+        sec.publish(store).await.map_err(|e| TransferError::Setup(e.to_string()))?;
+    }
     let out_dir = Key::new([me.as_str(), peer.as_str()])?;
     let offer = match &restored {
         Some(st) => {
@@ -181,6 +190,13 @@ pub async fn send_file(
     m.wake(clock.now());
     let outcome = loop {
         let mut ended = None;
+        if let (true, Some(sec)) = (m.needs_key(), &opts.security) {
+            match sec.resolve(store, &peer, &mut on_key).await {
+                Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                Ok(None) => {}
+                Err(e) => break Err(TransferError::Failed(e.to_string())),
+            }
+        }
         // Outputs in order: store operations are queued (and run
         // concurrently), everything else is done here and now, so that
         // `Persist` precedes every later output.
@@ -198,7 +214,9 @@ pub async fn send_file(
                     SendOut::Read { index, offset, len } => {
                         // Send the queued requests on their way first.
                         finished_early.extend(ops.kick());
-                        let mut buf = vec![0u8; len as usize];
+                        // Room for the seal, so that encrypting in place never reallocates.
+                        let mut buf = Vec::with_capacity(len as usize + crate::crypto::SEAL_OVERHEAD);
+                        buf.resize(len as usize, 0);
                         let r =
                             file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf)).map_err(|e| e.to_string());
                         m.on_read(clock.now(), index, r);
@@ -286,6 +304,8 @@ pub struct RecvOptions {
     pub timeout: Option<Duration>,
     /// After finishing, how long to wait for the sender to see it.
     pub linger: Duration,
+    /// Keys (`None`: plaintext, only with `--insecure-plaintext`).
+    pub security: Option<Security>,
 }
 
 /// What a finished receive reports.
@@ -388,6 +408,7 @@ pub async fn receive_file(
     peer: PeerId,
     opts: RecvOptions,
     mut progress: impl FnMut(Progress, Option<&Offer>),
+    mut on_key: impl FnMut(KeyNotice),
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecvReport, TransferError> {
     let clock = Clock::start();
@@ -406,7 +427,12 @@ pub async fn receive_file(
         }
     }
     let mut target = Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None };
-    let mut m = DftpReceiver::new(me, peer.clone(), opts.cfg.clone(), restored, fresh_session(), clock.now());
+    let mut cfg = opts.cfg.clone();
+    cfg.link.secure = opts.security.is_some();
+    if let Some(sec) = &opts.security {
+        sec.publish(store).await.map_err(|e| TransferError::Setup(e.to_string()))?;
+    }
+    let mut m = DftpReceiver::new(me, peer.clone(), cfg, restored, fresh_session(), clock.now());
     let mut changes = store.changes(m.link().in_dir());
     let mut pace = Pace::for_store(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
@@ -416,6 +442,13 @@ pub async fn receive_file(
     m.wake(clock.now());
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
+        if let (true, Some(sec)) = (m.needs_key(), &opts.security) {
+            match sec.resolve(store, &peer, &mut on_key).await {
+                Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                Ok(None) => {}
+                Err(e) => break Err(TransferError::Failed(e.to_string())),
+            }
+        }
         // As in `send_file`: store operations queued, the rest done in order.
         loop {
             for res in finished_early.drain(..) {
@@ -509,10 +542,13 @@ pub async fn receive_file(
     let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));
     if over_for_good {
         // Let the sender read our last message (finished or refused), then
-        // leave nothing behind.
+        // leave nothing behind; but if the sender has not read it yet (a slow
+        // sync), leave it for a sender that is still waiting.
         linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, &mut shutdown).await;
         ops.settle(SETTLE).await;
-        cleanup_link_dir(store, m.link().out_dir()).await;
+        if m.link().unacked() == 0 || m.link().peer_gone() {
+            cleanup_link_dir(store, m.link().out_dir()).await;
+        }
         if let Some(p) = &opts.state_file {
             state::remove(p);
         }

@@ -2,6 +2,7 @@
 //! feeding it store results, change signals and the time.
 
 use crate::id::PeerId;
+use crate::keys::KeyError;
 use crate::proto::mailbox::{LinkConfig, Op, OpResult};
 use crate::proto::ping::{PingClient, PingConfig, PingEvent, PingServer, PingSummary, ServerEvent};
 use crate::store::{Changes, Key, Store, StoreError};
@@ -11,6 +12,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
+
+pub mod security;
+use security::Security;
 
 /// Performs one store operation.
 pub async fn perform(store: &dyn Store, op: Op) -> OpResult {
@@ -301,22 +305,44 @@ impl Pace {
 
 /// Runs a ping client until it has sent `count` requests and heard back or
 /// given up on each, or until `shutdown` completes.
+///
+/// With `security`, the client publishes its key, waits for the server's
+/// (pinned beforehand or published), pins it on first contact and seals
+/// everything; a changed key ends the run with an error.
 pub async fn run_ping_client(
     store: &dyn Store,
     client: PeerId,
     server: PeerId,
-    cfg: PingConfig,
+    mut cfg: PingConfig,
+    security: Option<Security>,
     mut on_event: impl FnMut(&PingEvent),
     shutdown: impl Future<Output = ()>,
-) -> PingSummary {
+) -> Result<PingSummary, KeyError> {
     let clock = Clock::start();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut machine = PingClient::new(client, server, cfg, fresh_session(), clock.now());
+    cfg.link.secure = security.is_some();
+    if let Some(sec) = &security {
+        if let Err(e) = sec.publish(store).await {
+            tracing::warn!("cannot publish my key yet: {e}");
+        }
+    }
+    let mut machine = PingClient::new(client, server.clone(), cfg, fresh_session(), clock.now());
     let mut changes = store.changes(&machine.watch_prefix());
     let mut pace = Pace::for_store(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
+    let mut failure = None;
     loop {
+        if let (true, Some(sec)) = (machine.needs_key(), &security) {
+            match sec.resolve(store, &server, &mut |n| on_event(&PingEvent::Key(n))).await {
+                Ok(Some(c)) => machine.set_crypto(clock.now(), c),
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
         for op in machine.take_ops() {
             ops.push(op);
         }
@@ -344,10 +370,23 @@ pub async fn run_ping_client(
     let summary = machine.summary();
     ops.settle(SETTLE).await;
     cleanup_link_dir(store, machine.link().out_dir()).await;
-    summary
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
 }
 
-/// Deletes every object in one of my channel directories (best effort).
+/// True when `client` has a channel directory towards `me` (or when that
+/// cannot be told, e.g. a read-only outbox that cannot be listed).
+async fn talks_to(store: &dyn Store, client: &PeerId, me: &PeerId) -> bool {
+    match store.list(&Key::new([client.as_str()]).expect("valid id")).await {
+        Ok(names) => names.iter().any(|n| n == me.as_str()),
+        Err(_) => true,
+    }
+}
+
+/// Deletes every object in one of my channel directories (best effort),
+/// and what interrupted writes left there.
 pub async fn cleanup_link_dir(store: &dyn Store, dir: &Key) {
     if let Ok(names) = store.list(dir).await {
         for n in names {
@@ -356,6 +395,7 @@ pub async fn cleanup_link_dir(store: &dyn Store, dir: &Key) {
             }
         }
     }
+    let _ = store.sweep(dir).await;
 }
 
 /// Settings of a ping server.
@@ -382,10 +422,15 @@ impl ServerOptions {
 }
 
 /// Runs the ping server until `shutdown` completes, then removes its files.
+///
+/// With `security`, each client's key is resolved (and pinned on first
+/// contact) once the client has a channel towards this server; a client
+/// whose key changed is refused (logged) and ignored.
 pub async fn run_ping_server(
     store: &dyn Store,
     me: PeerId,
-    opts: ServerOptions,
+    mut opts: ServerOptions,
+    security: Option<Security>,
     mut on_event: impl FnMut(&ServerEvent),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
@@ -393,6 +438,13 @@ pub async fn run_ping_server(
     let mut shutdown = std::pin::pin!(shutdown);
     // Fail early, with a clear message, if the store cannot be used at all.
     store.list(&Key::root()).await?;
+    opts.link.secure = security.is_some();
+    if let Some(sec) = &security {
+        if let Err(e) = sec.publish(store).await {
+            tracing::warn!("cannot publish my key yet: {e}");
+        }
+    }
+    let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
     let mut machine = PingServer::new(me.clone(), opts.link, fresh_session()).with_discover_every(opts.discover_every);
     for c in opts.known_clients {
         machine.add_client(clock.now(), c);
@@ -401,7 +453,26 @@ pub async fn run_ping_server(
     let mut pace = Pace::for_store(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
+    let mut last_key_check: Option<Duration> = None;
+    let key_check_every = if store.notifies() { Duration::from_millis(100) } else { Duration::from_secs(2) };
     loop {
+        let check_keys = last_key_check.is_none_or(|t| clock.now().saturating_sub(t) >= key_check_every);
+        if let (true, Some(sec)) = (check_keys, &security) {
+            last_key_check = Some(clock.now());
+            for client in machine.clients_needing_key() {
+                if refused.contains(&client) || !talks_to(store, &client, &me).await {
+                    continue;
+                }
+                match sec.resolve(store, &client, &mut |n| on_event(&ServerEvent::Key(n))).await {
+                    Ok(Some(c)) => machine.set_client_crypto(clock.now(), &client, c),
+                    Ok(None) => {}
+                    Err(e) => {
+                        on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
+                        refused.insert(client);
+                    }
+                }
+            }
+        }
         for op in machine.take_ops() {
             ops.push(op);
         }

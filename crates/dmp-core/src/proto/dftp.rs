@@ -13,6 +13,7 @@
 
 use super::dftp_msg::{ChunkMsg, DoneMsg, Offer, Reply, check_file_name, chunk_object_name, is_sha256_hex};
 use super::mailbox::{Link, LinkConfig, LinkState, Op, OpResult, Output};
+use crate::crypto::{INFO_CHUNK, PeerCrypto, SEAL_OVERHEAD};
 use crate::id::PeerId;
 use crate::store::{Key, StoreError};
 use crate::wire::{Envelope, Kind, sha256_hex};
@@ -54,6 +55,9 @@ pub enum SendPhase {
     Sending,
     /// Every chunk published and `done` sent: waiting for `finished`.
     DoneSent,
+    /// `finished` received (saved before it is acknowledged, which the
+    /// receiver never repeats).
+    Finished,
 }
 
 /// A chunk announced and not yet acknowledged.
@@ -119,9 +123,16 @@ pub struct DftpSender {
     staged: u64,
     /// Chunk objects being written: index → (key, data, hash).
     putting: BTreeMap<u64, (Key, Bytes, String)>,
-    /// Chunk objects written but not yet announced: index → (key, length,
-    /// hash). Writes may finish out of order; announcements go in order.
-    written: BTreeMap<u64, (Key, u64, String)>,
+    /// Chunk objects written but not yet announced (an earlier one is
+    /// still being written): index → (key, hash). Announced in order.
+    stored: BTreeMap<u64, (Key, String)>,
+    /// Chunk objects to delete (acknowledged, or left over from before a
+    /// restart): name → bytes, counted as staged until deleted.
+    unstaging: BTreeMap<String, u64>,
+    /// Some delete failed: issue the deletes again at `retry_at`.
+    delete_retry: bool,
+    /// My outbox was listed (at start), so leftover objects are counted.
+    listed: bool,
     /// Chunk objects whose write failed, to retry at `retry_at`.
     put_retry: Vec<u64>,
     retry_at: Option<Duration>,
@@ -143,9 +154,56 @@ pub struct DftpSender {
     pub resumed_bytes: u64,
     out: Vec<SendOut>,
     finished: bool,
+    crypto: Option<PeerCrypto>,
+}
+
+/// What a sealed chunk is bound to: sender, recipient, transfer, index and
+/// plaintext length. A chunk cannot be passed off under another index, in
+/// another transfer or by a third party.
+pub fn chunk_aad(sender: &PeerId, recipient: &PeerId, transfer: &str, index: u64, len: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + 16);
+    for part in [sender.as_str(), recipient.as_str(), transfer] {
+        v.push(part.len() as u8);
+        v.extend_from_slice(part.as_bytes());
+    }
+    v.extend_from_slice(&index.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// The digest that names a chunk object and that its message carries:
+/// SHA-256 of the object in plaintext mode; in secure mode SHA-256 of the
+/// seal trailer (AES-GCM tag, nonce, encapsulated key), a keyed hash of the
+/// ciphertext that reveals nothing about the plaintext. A sealed object is
+/// verified by opening it (AES-GCM authenticates every byte), so hashing all
+/// its bytes again would only cost time.
+pub fn object_digest(object: &[u8], sealed: bool) -> String {
+    if sealed && object.len() >= SEAL_OVERHEAD {
+        sha256_hex(&object[object.len() - SEAL_OVERHEAD..])
+    } else {
+        sha256_hex(object)
+    }
 }
 
 impl DftpSender {
+    /// Supplies the keys (secure transfers); nothing is sealed or opened before.
+    pub fn set_crypto(&mut self, now: Duration, c: PeerCrypto) {
+        self.crypto = Some(c.clone());
+        self.link.set_crypto(now, c);
+        self.advance(now);
+        self.drain(now);
+    }
+
+    /// True while a secure transfer waits for the peer's key.
+    pub fn needs_key(&self) -> bool {
+        self.link.needs_key()
+    }
+
+    /// Bytes a chunk of `len` takes in the store.
+    fn obj_len(&self, len: u64) -> u64 {
+        if self.cfg.link.secure { len + SEAL_OVERHEAD as u64 } else { len }
+    }
+
     /// A fresh transfer of `offer`, or a resumed one from `restored`.
     pub fn new(
         me: PeerId,
@@ -166,14 +224,18 @@ impl DftpSender {
             file_sha256: None,
         });
         let link = Link::new(me, peer, cfg.link.clone(), resumed.then(|| st.link.clone()), fresh_session);
-        let staged = st.published.values().map(|p| p.len).sum();
+        let overhead = if cfg.link.secure { SEAL_OVERHEAD as u64 } else { 0 };
+        let staged = st.published.values().map(|p| p.len + overhead).sum();
         let mut s = DftpSender {
             cfg,
             link,
             read_next: if resumed { 0 } else { st.next_index },
             staged,
             putting: BTreeMap::new(),
-            written: BTreeMap::new(),
+            stored: BTreeMap::new(),
+            unstaging: BTreeMap::new(),
+            delete_retry: false,
+            listed: false,
             put_retry: Vec::new(),
             retry_at: None,
             put_fails: 0,
@@ -188,6 +250,7 @@ impl DftpSender {
             st,
             out: Vec::new(),
             finished: false,
+            crypto: None,
         };
         if !s.rehashing {
             s.read_next = s.st.next_index;
@@ -202,6 +265,11 @@ impl DftpSender {
             }
             SendPhase::DoneSent => s.send_done(now),
             SendPhase::Sending => {}
+            SendPhase::Finished => {
+                let sha256 = s.st.file_sha256.clone().unwrap_or_default();
+                s.out.push(SendOut::Finished { sha256 });
+                s.finished = true;
+            }
         }
         s.advance(now);
         s.drain(now);
@@ -228,7 +296,7 @@ impl DftpSender {
         for (index, len) in chunks {
             let known = self.st.published.values().any(|p| p.index == index);
             if index >= self.st.next_index && !known && self.preexisting.insert(index, len).is_none() {
-                self.staged += len;
+                self.staged += self.obj_len(len);
             }
         }
     }
@@ -266,6 +334,13 @@ impl DftpSender {
                     self.out.push(SendOut::Op(Op::Put(key.clone(), data.clone())));
                 }
             }
+            if std::mem::take(&mut self.delete_retry) {
+                for name in self.unstaging.keys() {
+                    if let Ok(k) = self.link.out_dir().join(name) {
+                        self.out.push(SendOut::Op(Op::Delete(k)));
+                    }
+                }
+            }
         }
         self.link.wake(now);
         self.drain(now);
@@ -288,11 +363,14 @@ impl DftpSender {
                 match r {
                     Ok(()) => {
                         self.put_fails = 0;
-                        if let Some((key, data, hash)) = self.putting.remove(&idx) {
-                            self.written.insert(idx, (key, data.len() as u64, hash));
+                        if let Some((key, _data, hash)) = self.putting.remove(&idx) {
+                            self.stored.insert(idx, (key, hash));
                         }
-                        while let Some((key, len, hash)) = self.written.remove(&self.st.next_index) {
-                            self.publish(now, self.st.next_index, key, len, hash);
+                        // Announce in order: the receiver takes chunks in order.
+                        while let Some((key, hash)) = self.stored.remove(&self.st.next_index) {
+                            let idx = self.st.next_index;
+                            let len = self.st.offer.chunk_span(idx).1;
+                            self.publish(now, idx, key, len, hash);
                         }
                     }
                     Err(e) => {
@@ -312,8 +390,31 @@ impl DftpSender {
         if let OpResult::Deleted(_, Err(e)) | OpResult::Got(_, Err(e)) = &res {
             self.out.push(SendOut::StoreError(e.clone()));
         }
-        if matches!(res, OpResult::Deleted(ref k, _) if super::dftp_msg::parse_chunk_object_name(k.name()).is_some()) {
-            return;
+        if let OpResult::Deleted(k, r) = &res {
+            if super::dftp_msg::parse_chunk_object_name(k.name()).is_some() {
+                // A chunk object counts as staged until it is really gone.
+                match r {
+                    Ok(()) => {
+                        if let Some(b) = self.unstaging.remove(k.name()) {
+                            self.staged = self.staged.saturating_sub(b);
+                        }
+                    }
+                    Err(_) => {
+                        self.delete_retry = true;
+                        let t = now + Duration::from_millis(500);
+                        self.retry_at = Some(self.retry_at.map_or(t, |r| r.min(t)));
+                    }
+                }
+                self.advance(now);
+                self.drain(now);
+                return;
+            }
+        }
+        if let OpResult::Listed(k, Ok(names)) = &res {
+            if k == self.link.out_dir() && !self.listed {
+                self.note_leftovers(names.clone());
+                self.advance(now);
+            }
         }
         self.link.on_result(now, res);
         self.drain(now);
@@ -372,7 +473,17 @@ impl DftpSender {
             }
             self.hasher.update(&data);
             self.hashed += 1;
-            let hash = sha256_hex(&data);
+            let data = match &self.crypto {
+                Some(c) => {
+                    let mut v = Vec::from(data);
+                    v.reserve_exact(SEAL_OVERHEAD);
+                    let aad = chunk_aad(self.link.me(), self.link.peer(), &self.st.offer.transfer, idx, v.len() as u64);
+                    c.seal_in_place(INFO_CHUNK, &aad, &mut v);
+                    Bytes::from(v)
+                }
+                None => data,
+            };
+            let hash = object_digest(&data, self.crypto.is_some());
             let name = chunk_object_name(idx, &hash);
             let key = self.link.out_dir().join(&name).expect("valid name");
             self.putting.insert(idx, (key.clone(), data.clone(), hash));
@@ -384,7 +495,7 @@ impl DftpSender {
             }
             return;
         }
-        if self.st.phase != SendPhase::Sending {
+        if self.st.phase != SendPhase::Sending || !self.listed {
             return;
         }
         // Read ahead while the staged bytes stay within the limit.
@@ -394,18 +505,20 @@ impl DftpSender {
             let pending: u64 =
                 self.ready.values().map(|d| d.len() as u64).sum::<u64>() + self.reading * self.st.offer.block_size;
             let counted = self.preexisting.contains_key(&self.read_next);
-            if !counted && self.staged + pending + len > limit {
+            // Always allow one chunk, even if it alone exceeds the limit
+            // (else `--window 1` or a small quota would stall for good).
+            if !counted && self.staged + pending + self.obj_len(len) > limit && self.staged + pending > 0 {
                 break;
             }
             if !counted {
-                self.staged += len;
+                self.staged += self.obj_len(len);
             }
             self.preexisting.remove(&self.read_next);
             self.issue_read(self.read_next);
         }
         if self.st.next_index >= chunks
             && self.putting.is_empty()
-            && self.written.is_empty()
+            && self.stored.is_empty()
             && self.st.phase == SendPhase::Sending
         {
             self.st.file_sha256 = Some(hex::encode(self.hasher.clone().finalize()));
@@ -451,9 +564,38 @@ impl DftpSender {
         let done: Vec<u64> = self.st.published.range(..=upto).map(|(s, _)| *s).collect();
         for seq in done {
             let p = self.st.published.remove(&seq).expect("present");
-            self.staged = self.staged.saturating_sub(p.len);
-            if let Ok(k) = self.link.out_dir().join(&p.object) {
+            let bytes = self.obj_len(p.len);
+            self.unstage(p.object, bytes);
+        }
+    }
+
+    /// Deletes a chunk object, whose `bytes` are counted in `staged` until
+    /// the delete succeeds (a failed one is retried).
+    fn unstage(&mut self, name: String, bytes: u64) {
+        if let Ok(k) = self.link.out_dir().join(&name) {
+            if self.unstaging.insert(name, bytes).is_none() {
                 self.out.push(SendOut::Op(Op::Delete(k)));
+            }
+        }
+    }
+
+    /// The listing of my outbox at start. Chunk objects beyond the resume
+    /// point were written before a crash (as [`Self::note_existing_chunks`]);
+    /// those below it that no unacknowledged chunk uses were acknowledged
+    /// before a crash that lost their delete. All take up quota.
+    fn note_leftovers(&mut self, names: Vec<String>) {
+        self.listed = true;
+        let chunks = self.st.offer.chunks();
+        for n in names {
+            let Some((index, _)) = super::dftp_msg::parse_chunk_object_name(&n) else { continue };
+            let used = self.st.published.values().any(|p| p.object == n);
+            if index >= self.st.next_index && index < chunks {
+                self.note_existing_chunks([(index, self.st.offer.chunk_span(index).1)]);
+            } else if index < self.st.next_index && !used && !self.unstaging.contains_key(&n) {
+                let len = if index < chunks { self.st.offer.chunk_span(index).1 } else { self.st.offer.block_size };
+                let bytes = self.obj_len(len);
+                self.staged += bytes;
+                self.unstage(n, bytes);
             }
         }
     }
@@ -479,6 +621,7 @@ impl DftpSender {
             Kind::Finished => {
                 let sha = reply.sha256.unwrap_or_default();
                 if self.st.phase == SendPhase::DoneSent && Some(&sha) == self.st.file_sha256.as_ref() {
+                    self.st.phase = SendPhase::Finished;
                     self.out.push(SendOut::Finished { sha256: sha });
                     self.finished = true;
                 } else {
@@ -548,6 +691,9 @@ pub enum RecvPhase {
     Waiting,
     /// Accepted: writing chunks into the temporary file.
     Receiving,
+    /// Verified; being renamed into place. Saved before the rename, so a
+    /// restart that finds the temporary file gone knows the rename happened.
+    Finalizing,
     /// Verified and renamed into place; `finished` sent.
     Finished,
 }
@@ -638,6 +784,8 @@ pub struct DftpReceiver {
     rehash_next: Option<u64>,
     /// The offer awaiting `on_prepared`, with the sequence number of its message.
     preparing: Option<(u64, Offer, bool)>,
+    /// A `Finalize` was asked for and not yet answered.
+    finalizing: bool,
     /// Chunk index → (failures, first failure, retry not before).
     bad: BTreeMap<u64, (u32, Duration, Duration)>,
     retry_at: Option<Duration>,
@@ -645,6 +793,7 @@ pub struct DftpReceiver {
     pub written_bytes: u64,
     out: Vec<RecvOut>,
     finished: bool,
+    crypto: Option<PeerCrypto>,
 }
 
 impl DftpReceiver {
@@ -673,15 +822,17 @@ impl DftpReceiver {
             hasher: Sha256::new(),
             rehash_next: None,
             preparing: None,
+            finalizing: false,
             bad: BTreeMap::new(),
             retry_at: None,
             written_bytes: 0,
             out: Vec::new(),
             finished: false,
+            crypto: None,
         };
         if resumed {
             match (r.st.phase, r.st.offer.clone()) {
-                (RecvPhase::Receiving, Some(offer)) => {
+                (RecvPhase::Receiving | RecvPhase::Finalizing, Some(offer)) => {
                     // Reopen the temporary file; the hash is rebuilt from it.
                     r.preparing = Some((0, offer.clone(), true));
                     r.out.push(RecvOut::Prepare { offer, resume: true });
@@ -705,6 +856,20 @@ impl DftpReceiver {
     pub fn link(&self) -> &Link {
         &self.link
     }
+
+    /// Supplies the keys (secure transfers); nothing is sealed or opened before.
+    pub fn set_crypto(&mut self, now: Duration, c: PeerCrypto) {
+        self.crypto = Some(c.clone());
+        self.link.set_crypto(now, c);
+        self.drain(now);
+        self.pump(now);
+    }
+
+    /// True while a secure transfer waits for the peer's key.
+    pub fn needs_key(&self) -> bool {
+        self.link.needs_key()
+    }
+
     pub fn offer(&self) -> Option<&Offer> {
         self.st.offer.as_ref()
     }
@@ -769,6 +934,10 @@ impl DftpReceiver {
         let Some((seq, offer, resume)) = self.preparing.take() else { return };
         match res {
             Ok(()) if resume => {
+                // Still there: a rename that was asked for did not happen.
+                if self.st.phase == RecvPhase::Finalizing {
+                    self.st.phase = RecvPhase::Receiving;
+                }
                 if self.st.next_index > 0 {
                     self.rehash_next = Some(0);
                 }
@@ -784,6 +953,15 @@ impl DftpReceiver {
                 self.send_reply(now, Kind::Accept, &offer.transfer, None, None);
                 self.link.commit(now, seq);
                 self.pop_committed(seq);
+            }
+            Err(_) if resume && self.st.phase == RecvPhase::Finalizing => {
+                // Verified and renamed into place just before a crash.
+                let sha = self.st.file_sha256.clone().unwrap_or_default();
+                self.st.phase = RecvPhase::Finished;
+                self.send_reply(now, Kind::Finished, &offer.transfer, None, Some(sha.clone()));
+                self.out.push(RecvOut::Persist);
+                self.out.push(RecvOut::Finished { sha256: sha });
+                self.finished = true;
             }
             Err(reason) if resume => {
                 self.out.push(RecvOut::Failed(format!("cannot resume: {reason}")));
@@ -838,6 +1016,7 @@ impl DftpReceiver {
             Err(e) => {
                 self.out.push(RecvOut::Failed(format!("cannot resume: reading the partial file failed: {e}")));
                 self.finished = true;
+                self.rehash_next = None;
             }
         }
         self.pump(now);
@@ -845,6 +1024,9 @@ impl DftpReceiver {
 
     /// The answer to [`RecvOut::Finalize`].
     pub fn on_finalized(&mut self, now: Duration, res: Result<(), String>) {
+        if !std::mem::take(&mut self.finalizing) {
+            return;
+        }
         let Some((seq, Item::Done(done))) = self.queue.front() else { return };
         let (seq, done) = (*seq, done.clone());
         match res {
@@ -1017,6 +1199,9 @@ impl DftpReceiver {
     }
 
     fn on_chunk_data(&mut self, now: Duration, key: &Key, r: Result<Option<Vec<u8>>, StoreError>) {
+        let secure = self.cfg.link.secure;
+        let crypto = self.crypto.clone();
+        let (me, peer) = (self.link.me().clone(), self.link.peer().clone());
         let Some((_, Item::Chunk { msg, data, fetching, .. })) =
             self.queue.iter_mut().find(|(_, it)| matches!(it, Item::Chunk { msg, .. } if msg.object == key.name()))
         else {
@@ -1024,12 +1209,24 @@ impl DftpReceiver {
         };
         *fetching = false;
         let index = msg.index;
+        let expect_len = msg.len + if secure { SEAL_OVERHEAD as u64 } else { 0 };
         let problem = match r {
-            Ok(Some(bytes)) => {
-                if bytes.len() as u64 != msg.len {
-                    Some((true, format!("chunk {index}: {} bytes, expected {}", bytes.len(), msg.len)))
-                } else if sha256_hex(&bytes) != msg.sha256 {
+            Ok(Some(mut bytes)) => {
+                if bytes.len() as u64 != expect_len {
+                    Some((true, format!("chunk {index}: {} bytes, expected {expect_len}", bytes.len())))
+                } else if object_digest(&bytes, secure) != msg.sha256 {
                     Some((true, format!("chunk {index}: SHA-256 mismatch")))
+                } else if let Some(c) = &crypto {
+                    let aad = chunk_aad(&peer, &me, &msg.transfer, index, msg.len);
+                    match c.open_in_place(INFO_CHUNK, &aad, &mut bytes) {
+                        Ok(()) => {
+                            *data = Some(Bytes::from(bytes));
+                            None
+                        }
+                        Err(e) => Some((true, format!("chunk {index}: {e}"))),
+                    }
+                } else if secure {
+                    Some((false, format!("chunk {index}: no key yet")))
                 } else {
                     *data = Some(Bytes::from(bytes));
                     None
@@ -1103,6 +1300,10 @@ impl DftpReceiver {
                     break;
                 }
                 Item::Done(done) => {
+                    if self.st.offer.as_ref().is_none_or(|o| o.transfer != done.transfer) {
+                        self.fail(now, "done message for no accepted offer".into());
+                        return;
+                    }
                     let chunks = self.st.offer.as_ref().map_or(0, |o| o.chunks());
                     if self.st.next_index != chunks {
                         let m = format!("done after {} of {chunks} chunks", self.st.next_index);
@@ -1117,7 +1318,11 @@ impl DftpReceiver {
                         self.fail(now, format!("whole-file SHA-256 mismatch: got {ours}, sender says {theirs}"));
                         return;
                     }
-                    if !self.out.iter().any(|o| matches!(o, RecvOut::Finalize { .. })) {
+                    if !self.finalizing {
+                        self.finalizing = true;
+                        self.st.phase = RecvPhase::Finalizing;
+                        self.st.file_sha256 = Some(ours.clone());
+                        self.out.push(RecvOut::Persist);
                         self.out.push(RecvOut::Finalize { sha256: ours });
                     }
                     break;
@@ -1126,6 +1331,7 @@ impl DftpReceiver {
         }
         // Prefetch chunk objects for the first few queued chunks.
         let in_dir = self.link.in_dir().clone();
+        let overhead = if self.cfg.link.secure { SEAL_OVERHEAD as u64 } else { 0 };
         let mut fetches = Vec::new();
         for (_, item) in self.queue.iter_mut().take(self.cfg.prefetch.max(1)) {
             if let Item::Chunk { msg, data: None, fetching, .. } = item {
@@ -1139,7 +1345,7 @@ impl DftpReceiver {
                 }
                 *fetching = true;
                 if let Ok(k) = in_dir.join(&msg.object) {
-                    fetches.push(Op::Get(k, msg.len));
+                    fetches.push(Op::Get(k, msg.len + overhead));
                 }
             }
         }

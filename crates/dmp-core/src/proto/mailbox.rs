@@ -13,9 +13,10 @@
 //!
 //! Feed it [`Input`]s with the current time; take back [`Output`]s.
 
+use crate::crypto::{INFO_MSG, PeerCrypto};
 use crate::id::PeerId;
 use crate::store::{Key, StoreError, is_valid_component};
-use crate::wire::{Envelope, Kind, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN};
+use crate::wire::{Envelope, FLAG_ENCRYPTED, Kind, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -25,6 +26,8 @@ use std::time::Duration;
 pub const ACK_NAME: &str = "ack";
 /// Name of the file announcing the sender's session and base.
 pub const HEAD_NAME: &str = "head";
+/// How long the peer's head must stay absent before the peer counts as gone.
+pub const PEER_GONE_AFTER: Duration = Duration::from_secs(2);
 /// Largest ack file accepted.
 pub const MAX_ACK_LEN: u64 = 1024;
 
@@ -95,6 +98,10 @@ pub struct LinkConfig {
     pub window: u64,
     /// Most of the peer's messages fetched ahead of delivery.
     pub readahead: u64,
+    /// Seal every envelope for the peer and accept only sealed ones (HPKE
+    /// auth mode); the key comes through [`Link::set_crypto`]. Off only with
+    /// `--insecure-plaintext`.
+    pub secure: bool,
     /// Least time between two reads of the peer's `head` once its session
     /// is known (zero: at every wake; fine for a local folder). A sixteenth
     /// of it while the peer's messages arrive, or once its head is gone, so
@@ -111,6 +118,7 @@ impl Default for LinkConfig {
             window: 64,
             readahead: 16,
             head_every: Duration::ZERO,
+            secure: false,
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(5),
         }
@@ -215,6 +223,8 @@ pub struct Link {
     last_delivery: Option<Duration>,
     /// The peer's head file was seen, then found absent: it cleaned up.
     peer_gone: bool,
+    /// Since when, and in how many reads in a row, the peer's head was absent.
+    head_absent: Option<(Duration, u32)>,
     fetch_fail: BTreeMap<u64, (u32, Duration)>,
     /// Ack file: what is written, and whether a write is under way.
     ack_written: u64,
@@ -223,6 +233,8 @@ pub struct Link {
     out: Vec<Output>,
     wake_at: Option<Duration>,
     dirty: bool,
+    /// Keys for sealing to and opening from the peer (secure links).
+    crypto: Option<PeerCrypto>,
 }
 
 impl Link {
@@ -278,11 +290,13 @@ impl Link {
             last_head_read: None,
             last_delivery: None,
             peer_gone: false,
+            head_absent: None,
             fetch_fail: BTreeMap::new(),
             ack_put_pending: false,
             out: Vec::new(),
             wake_at: None,
             dirty: fresh,
+            crypto: None,
         }
         .started()
     }
@@ -312,6 +326,59 @@ impl Link {
     /// The directory of my outbox that this link writes.
     pub fn out_dir(&self) -> &Key {
         &self.out_dir
+    }
+
+    /// Supplies the keys of a secure link (once the peer's key is known and
+    /// accepted); sending and receiving start then.
+    pub fn set_crypto(&mut self, now: Duration, crypto: PeerCrypto) {
+        self.crypto = Some(crypto);
+        self.write_head();
+        self.write_ack(now);
+        self.pump(now);
+        self.wake(now);
+    }
+
+    /// True while a secure link waits for the peer's key.
+    pub fn needs_key(&self) -> bool {
+        self.cfg.secure && self.crypto.is_none()
+    }
+
+    pub fn crypto(&self) -> Option<&PeerCrypto> {
+        self.crypto.as_ref()
+    }
+
+    /// Seals an envelope's payload on a secure link; `None` while the key is missing.
+    fn seal(&self, mut env: Envelope) -> Option<Envelope> {
+        if !self.cfg.secure {
+            return Some(env);
+        }
+        let c = self.crypto.as_ref()?;
+        env.flags |= FLAG_ENCRYPTED;
+        let aad = env.aad();
+        c.seal_in_place(INFO_MSG, &aad, &mut env.payload);
+        Some(env)
+    }
+
+    /// Opens an envelope read from the peer's outbox.
+    fn open(&self, mut env: Envelope) -> Result<Envelope, String> {
+        let sealed = env.flags & FLAG_ENCRYPTED != 0;
+        if !self.cfg.secure {
+            return if sealed {
+                Err("encrypted message, but this side runs with --insecure-plaintext".into())
+            } else {
+                Ok(env)
+            };
+        }
+        if !sealed {
+            return Err(
+                "plaintext message refused: encryption is on here (does the peer run with --insecure-plaintext?)"
+                    .into(),
+            );
+        }
+        let c = self.crypto.as_ref().ok_or("no key for the peer yet")?;
+        let aad = env.aad();
+        c.open_in_place(INFO_MSG, &aad, &mut env.payload).map_err(|e| e.to_string())?;
+        Ok(env)
     }
 
     /// True when the peer's head file, once seen, has disappeared: the peer
@@ -352,6 +419,11 @@ impl Link {
 
     /// Something may have changed: look again.
     pub fn wake(&mut self, now: Duration) {
+        if self.needs_key() {
+            // Nothing can be sealed or opened before the peer's key is known.
+            self.retry_due(now);
+            return;
+        }
         let head_due = self.state.peer_session.is_none()
             || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.head_interval(now));
         if head_due && !self.head_get_pending {
@@ -546,6 +618,7 @@ impl Link {
             base,
             payload: Vec::new(),
         };
+        let Some(env) = self.seal(env) else { return };
         self.head_put_pending = true;
         self.head_written = base;
         self.out.push(Output::Op(Op::Put(self.head_key_out.clone(), env.encode().into())));
@@ -596,7 +669,7 @@ impl Link {
     }
 
     fn pump(&mut self, _now: Duration) {
-        if !self.recovered {
+        if !self.recovered || self.needs_key() {
             return;
         }
         // Files acknowledged but not yet deleted still count: the store never
@@ -615,6 +688,7 @@ impl Link {
                 base: self.state.acked + 1,
                 payload,
             };
+            let env = self.seal(env).expect("a key is present");
             self.inflight.insert(seq, OutMsg::Writing(env.encode().into()));
             self.issue_put(seq);
         }
@@ -647,6 +721,10 @@ impl Link {
                     *m = OutMsg::Written;
                 }
                 self.dirty = true;
+                // The peer may leave in answer to this message, not before:
+                // count its head's absence from now on.
+                self.head_absent = None;
+                self.peer_gone = false;
                 if let Some((&next, _)) = self.inflight.iter().find(|(_, m)| matches!(m, OutMsg::Writing(_))) {
                     self.issue_put(next);
                 }
@@ -672,7 +750,7 @@ impl Link {
                 return;
             }
         };
-        let env = match Envelope::decode(&bytes, Some(&self.me)) {
+        let env = match Envelope::decode(&bytes, Some(&self.me)).map_err(|e| e.to_string()).and_then(|e| self.open(e)) {
             Ok(e) if e.kind == Kind::Ack && e.sender == self.peer => e,
             Ok(_) => {
                 self.reject(self.ack_key_in.clone(), "ack file of the wrong kind or sender".into());
@@ -680,11 +758,14 @@ impl Link {
             }
             Err(e) => {
                 // Possibly half-synced: try again later.
-                self.reject(self.ack_key_in.clone(), e.to_string());
+                self.reject(self.ack_key_in.clone(), e);
                 self.schedule(now + self.cfg.min_backoff * 4);
                 return;
             }
         };
+        // The peer's outbox is still there, whatever its head read showed.
+        self.head_absent = None;
+        self.peer_gone = false;
         let Some(ack) = AckBody::decode(&env.payload) else {
             self.reject(self.ack_key_in.clone(), "malformed ack payload".into());
             return;
@@ -727,8 +808,14 @@ impl Link {
         let bytes = match r {
             Ok(Some(b)) => b,
             Ok(None) => {
-                // Not started yet, or finished and cleaned up.
-                self.peer_gone = self.state.peer_session.is_some();
+                // Not started yet, or finished and cleaned up. A file being
+                // replaced or a flaky read looks absent too: gone only when
+                // absent in several reads over a while.
+                if self.state.peer_session.is_some() {
+                    let (since, reads) = self.head_absent.get_or_insert((now, 0));
+                    *reads += 1;
+                    self.peer_gone = *reads >= 3 && now.saturating_sub(*since) >= PEER_GONE_AFTER;
+                }
                 return;
             }
             Err(e) => {
@@ -737,7 +824,7 @@ impl Link {
                 return;
             }
         };
-        let env = match Envelope::decode(&bytes, Some(&self.me)) {
+        let env = match Envelope::decode(&bytes, Some(&self.me)).map_err(|e| e.to_string()).and_then(|e| self.open(e)) {
             Ok(e) if e.kind == Kind::Head && e.sender == self.peer && e.base >= 1 => e,
             Ok(_) => {
                 self.reject(self.head_key_in.clone(), "head file of the wrong kind or sender".into());
@@ -750,6 +837,7 @@ impl Link {
             }
         };
         let before = (std::mem::replace(&mut self.peer_gone, false), self.state.peer_session, self.delivered);
+        self.head_absent = None;
         self.enter(env.session, env.base);
         // A window ahead only when something changed: an unchanged head
         // leaves the next name to `wake` (on a polled store each fetch is a
@@ -859,7 +947,16 @@ impl Link {
             self.fetch_failed(now, seq, key, format!("envelope base {} is after its seq {}", env.base, env.seq));
             return;
         }
+        let env = match self.open(env) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fetch_failed(now, seq, key, e);
+                return;
+            }
+        };
         self.fetch_fail.remove(&seq);
+        self.head_absent = None;
+        self.peer_gone = false;
         if Some(session) != self.state.peer_session {
             return; // an older session, no longer wanted
         }
@@ -897,6 +994,7 @@ impl Link {
             base: 0,
             payload: AckBody { session, upto: self.state.committed }.encode(),
         };
+        let Some(env) = self.seal(env) else { return };
         self.ack_put_pending = true;
         self.ack_written = self.state.committed;
         self.out.push(Output::Op(Op::Put(self.ack_key_out.clone(), env.encode().into())));

@@ -616,7 +616,7 @@ impl World {
 }
 
 fn small_cfg(window: u64, readahead: u64) -> LinkConfig {
-    LinkConfig { window, readahead, head_every: Duration::ZERO, min_backoff: ms(5), max_backoff: ms(80) }
+    LinkConfig { window, readahead, head_every: Duration::ZERO, min_backoff: ms(5), max_backoff: ms(80), secure: false }
 }
 
 // ---- names ---------------------------------------------------------------

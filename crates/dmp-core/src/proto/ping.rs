@@ -21,6 +21,8 @@ pub enum PingEvent {
     Rejected { key: Key, reason: String },
     /// A store operation failed (it is retried).
     StoreError(StoreError),
+    /// Something about keys the user should see (first contact).
+    Key(crate::keys::KeyNotice),
 }
 
 /// ping(8)-style settings.
@@ -124,6 +126,17 @@ impl PingClient {
 
     pub fn link(&self) -> &Link {
         &self.link
+    }
+
+    /// Supplies the keys of a secure link.
+    pub fn set_crypto(&mut self, now: Duration, c: crate::crypto::PeerCrypto) {
+        self.link.set_crypto(now, c);
+        self.drain_at(now);
+    }
+
+    /// True while a secure link waits for the server's key.
+    pub fn needs_key(&self) -> bool {
+        self.link.needs_key()
     }
 
     /// The directory to watch for replies.
@@ -239,9 +252,22 @@ impl PingClient {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerEvent {
     NewClient(PeerId),
-    Answered { client: PeerId, seq: u64 },
-    Rejected { key: Key, reason: String },
+    Answered {
+        client: PeerId,
+        seq: u64,
+    },
+    Rejected {
+        key: Key,
+        reason: String,
+    },
     StoreError(StoreError),
+    /// Something about keys the user should see (first contact).
+    Key(crate::keys::KeyNotice),
+    /// A client's key changed: it is ignored.
+    KeyRefused {
+        client: PeerId,
+        reason: String,
+    },
 }
 
 /// The liveness responder: one link per client found in the store or
@@ -300,6 +326,19 @@ impl PingServer {
         self.links.insert(peer, link);
         self.drain(now);
         true
+    }
+
+    /// Clients whose key is still needed (secure links).
+    pub fn clients_needing_key(&self) -> Vec<PeerId> {
+        self.links.iter().filter(|(_, l)| l.needs_key()).map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Supplies the keys for one client's link.
+    pub fn set_client_crypto(&mut self, now: Duration, client: &PeerId, c: crate::crypto::PeerCrypto) {
+        if let Some(l) = self.links.get_mut(client) {
+            l.set_crypto(now, c);
+        }
+        self.drain(now);
     }
 
     pub fn wake(&mut self, now: Duration) {

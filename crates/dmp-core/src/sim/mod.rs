@@ -48,8 +48,9 @@
 //!   a file reported finished on either side is byte-identical to the source;
 //! - liveness: a run without power loss completes (mailbox: every message
 //!   delivered and acknowledged both ways; DFTP: both sides finished, no
-//!   temporary file left) within [`SETTLE_BOUND`] of the faults stopping. A
-//!   lossy run may instead stop with a clear failure, never a wrong file.
+//!   temporary file left) within [`SETTLE_BOUND`] (plus [`SETTLE_PER_ITEM`]
+//!   per message or chunk) of the faults stopping. A lossy run may instead
+//!   stop with a clear failure, never a wrong file.
 
 mod dftp;
 mod mailbox;
@@ -60,8 +61,16 @@ use fastrand::Rng;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// How long after the fault phase a run must have completed.
+/// How long after the fault phase a run must have completed: this, plus
+/// [`SETTLE_PER_ITEM`] for each message or chunk (a window of 1 over a
+/// store with seconds of delay takes seconds per item).
 pub const SETTLE_BOUND: Duration = Duration::from_secs(300);
+pub const SETTLE_PER_ITEM: Duration = Duration::from_secs(10);
+
+/// The instant by which a run of `items` messages or chunks must be done.
+pub(crate) fn settle_deadline(cfg: &FaultCfg, items: u64) -> Duration {
+    cfg.until + SETTLE_BOUND + SETTLE_PER_ITEM * items as u32
+}
 
 /// The probabilities and magnitudes of faults for one seed.
 #[derive(Clone, Debug)]
@@ -235,6 +244,17 @@ impl Env {
         self.crashes < self.cfg.max_crashes && self.chance(self.cfg.p_crash)
     }
 
+    /// Counts one output acted on; false (and a violation) when one step
+    /// has acted on so many that the machine must be looping.
+    pub fn output_budget(&mut self, used: &mut u32, who: &str) -> bool {
+        *used += 1;
+        if *used == 100_000 {
+            self.violation(format!("{who}: more than 100000 outputs in one step: an endless loop"));
+            return false;
+        }
+        true
+    }
+
     /// Advances the clock by a store operation's latency.
     pub fn op_latency(&mut self) {
         if !self.cfg.latency.is_zero() {
@@ -271,6 +291,9 @@ pub(crate) struct Life {
     /// Wake-ups at the same instant in a row (a busy loop shows here).
     same_instant: u32,
     last_step: Option<Duration>,
+    /// When this party last looked at the store, and the store's change
+    /// counter then (for notifications).
+    pub seen: Option<(Duration, u64)>,
 }
 
 impl Life {
@@ -292,6 +315,7 @@ impl Life {
             incarnation: 0,
             same_instant: 0,
             last_step: None,
+            seen: None,
         }
     }
 
@@ -340,15 +364,13 @@ impl Life {
         power
     }
 
-    /// Schedules the next wake-up after a step, like the real driver's wait.
-    pub fn schedule(&mut self, env: &mut Env, deadline: Option<Duration>, visible: Option<Duration>) {
+    /// Schedules the next wake-up after a step, like the real driver's
+    /// wait (a notification can wake the party earlier: see [`run_pair`]).
+    pub fn schedule(&mut self, env: &mut Env, deadline: Option<Duration>) {
         let poll = self.poller.next_delay();
         let mut t = env.now + poll;
         if let Some(d) = deadline {
             t = t.min(d.max(env.now));
-        }
-        if let Some(v) = visible {
-            t = t.min(v.max(env.now));
         }
         if self.last_step == Some(env.now) && t == env.now {
             self.same_instant += 1;
@@ -366,19 +388,32 @@ impl Life {
         self.next_wake = t;
     }
 
-    /// When this party next acts (`None`: it has ended).
-    pub fn next_event(&self) -> Option<Duration> {
+    /// When this party next acts (`None`: it has ended). With
+    /// notifications, a change of the peer's that became visible since the
+    /// party last looked wakes it.
+    pub fn next_event(&self, env: &Env, store: &store::SimStore, me: &str) -> Option<Duration> {
         if self.ended {
-            None
-        } else {
-            Some(self.down_until.unwrap_or(self.next_wake))
+            return None;
         }
+        if let Some(t) = self.down_until {
+            return Some(t);
+        }
+        let mut t = self.next_wake;
+        if env.cfg.notify {
+            if let Some(v) = self.seen.and_then(|(at, seen)| store.next_visible(me, at, seen)) {
+                t = t.min(v);
+            }
+        }
+        Some(t)
     }
 }
 
 /// A party in a scenario.
 pub(crate) trait Node {
     fn life(&self) -> &Life;
+    fn life_mut(&mut self) -> &mut Life;
+    /// The party's id (the owner of its outbox).
+    fn id(&self) -> &str;
     /// Acts at `env.now`: restarts if down and due, else wakes and steps.
     fn run(&mut self, env: &mut Env, store: &mut store::SimStore);
 }
@@ -389,15 +424,16 @@ pub(crate) fn run_pair<A: Node, B: Node>(
     store: &mut store::SimStore,
     a: &mut A,
     b: &mut B,
+    bound: Duration,
     mut done: impl FnMut(&A, &B) -> bool,
 ) -> bool {
-    let bound = env.cfg.until + SETTLE_BOUND;
     let mut steps: u64 = 0;
     loop {
         if done(a, b) {
             return true;
         }
-        let (ta, tb) = (a.life().next_event(), b.life().next_event());
+        let ta = a.life().next_event(env, store, a.id());
+        let tb = b.life().next_event(env, store, b.id());
         let first_a = match (ta, tb) {
             (None, None) => return false,
             (Some(_), None) => true,
@@ -411,8 +447,10 @@ pub(crate) fn run_pair<A: Node, B: Node>(
         env.now = env.now.max(t);
         if first_a {
             a.run(env, store);
+            a.life_mut().seen = Some((env.now, store.counter()));
         } else {
             b.run(env, store);
+            b.life_mut().seen = Some((env.now, store.counter()));
         }
         steps += 1;
         if steps > 2_000_000 {

@@ -32,6 +32,10 @@ pub struct SimStore {
     objects: BTreeMap<String, Vec<Version>>,
     /// Owner → instants at which a change of theirs becomes visible.
     visible: BTreeMap<String, BTreeSet<Duration>>,
+    /// Owner → (change number, instant visible) of each change, in order.
+    changes: BTreeMap<String, Vec<(u64, Duration)>>,
+    /// Changes made so far.
+    counter: u64,
 }
 
 fn owner(key: &str) -> &str {
@@ -141,6 +145,13 @@ impl SimStore {
             versions.remove(0);
         }
         self.visible.entry(owner(key).to_owned()).or_default().insert(visible_at);
+        self.counter += 1;
+        self.changes.entry(owner(key).to_owned()).or_default().push((self.counter, visible_at));
+    }
+
+    /// Changes made so far (to tell which ones a party has looked after).
+    pub fn counter(&self) -> u64 {
+        self.counter
     }
 
     fn put(&mut self, env: &mut Env, viewer: &str, key: &Key, data: Bytes) {
@@ -230,15 +241,26 @@ impl SimStore {
         names.into_iter().collect()
     }
 
-    /// The next instant after `after` at which a change by someone other
-    /// than `viewer` becomes visible (for parties woken by notifications).
-    pub fn next_visible(&self, viewer: &str, after: Duration) -> Option<Duration> {
-        use std::ops::Bound::Excluded;
-        self.visible
-            .iter()
-            .filter(|(o, _)| o.as_str() != viewer)
-            .filter_map(|(_, set)| set.range((Excluded(after), std::ops::Bound::Unbounded)).next().copied())
-            .min()
+    /// When `viewer`, which last looked at instant `at` after change
+    /// number `seen`, is next notified: the first change by someone else
+    /// that was not visible to it then (for parties woken by notifications).
+    pub fn next_visible(&self, viewer: &str, at: Duration, seen: u64) -> Option<Duration> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut first: Option<Duration> = None;
+        let mut take = |t: Duration| first = Some(first.map_or(t, |f: Duration| f.min(t)));
+        for (o, set) in &self.visible {
+            if o.as_str() == viewer {
+                continue;
+            }
+            if let Some(t) = set.range((Excluded(at), Unbounded)).next() {
+                take(*t);
+            }
+            let list = &self.changes[o];
+            for (_, t) in &list[list.partition_point(|(c, _)| *c <= seen)..] {
+                take(*t);
+            }
+        }
+        first.map(|t| t.max(at))
     }
 
     /// Names and sizes of the objects in `dir` as its owner sees them now.

@@ -356,4 +356,17 @@ impl Store for FolderStore {
     fn notifies(&self) -> bool {
         self.opts.watch
     }
+
+    async fn sweep(&self, prefix: &Key) -> Result<(), StoreError> {
+        let dir = self.path(prefix);
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(()) };
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".~dmp-") && name.ends_with(".tmp") {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+        Ok(())
+    }
 }

@@ -206,6 +206,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &Key) -> Result<(), StoreError>;
     async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError>;
     fn changes(&self, prefix: &Key) -> Changes;
+    /// Removes what interrupted writes left directly below `prefix` (for a
+    /// folder, the temporary files of a killed process). Called only on a
+    /// party's own outbox. Stores whose writes are atomic need nothing.
+    async fn sweep(&self, _prefix: &Key) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// True when `changes` is a real notification, so that the caller may
     /// poll rarely.
     fn notifies(&self) -> bool {

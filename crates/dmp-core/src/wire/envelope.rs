@@ -162,6 +162,23 @@ impl Envelope {
         out
     }
 
+    /// The header fields an encrypted payload is bound to (additional
+    /// authenticated data): version, flags, kind, session, seq, base,
+    /// sender and recipient. Everything but the payload and its lengths.
+    pub fn aad(&self) -> Vec<u8> {
+        let s = self.sender.as_str().as_bytes();
+        let r = self.recipient.as_str().as_bytes();
+        let mut v = Vec::with_capacity(40 + s.len() + r.len());
+        v.extend_from_slice(&MAGIC);
+        v.extend_from_slice(&[VERSION, self.flags, self.kind as u8, s.len() as u8, r.len() as u8]);
+        v.extend_from_slice(&self.session.to_be_bytes());
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.base.to_be_bytes());
+        v.extend_from_slice(s);
+        v.extend_from_slice(r);
+        v
+    }
+
     /// Parses and checks `bytes`. With `recipient`, an envelope for anyone
     /// else is rejected.
     pub fn decode(bytes: &[u8], recipient: Option<&PeerId>) -> Result<Envelope, WireError> {

@@ -1,0 +1,298 @@
+//! Identity keys and pinned peer keys on disk, and the public key file each
+//! party publishes in its outbox.
+//!
+//! - `<config>/keys/<id>.key`: my secret key (hex), mode 0600, created on first use.
+//! - `<config>/known_peers`: pinned peer keys, one `<peer-id> <public key hex>` per
+//!   line (`#` comments), like ssh's known_hosts. A key may be added by hand
+//!   beforehand; otherwise it is pinned on first contact.
+//! - `<store>/<id>/key`: my public key, JSON `{"v":1,"id":"<id>","x25519":"<hex>"}`.
+//!
+//! `<config>` is `$DMP_CONFIG_DIR`, else `<user config dir>/dmp` (`~/.config/dmp`).
+
+use crate::crypto::{Identity, PublicKey};
+use crate::id::PeerId;
+use crate::store::{Key, Store, StoreError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Name of the public key file in a party's outbox.
+pub const KEY_FILE: &str = "key";
+
+/// Problems with keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no configuration directory (set DMP_CONFIG_DIR)")]
+    NoConfigDir,
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+    #[error("{path}: {msg}")]
+    Malformed { path: String, msg: String },
+    #[error(
+        "the key of {peer} changed: pinned {pinned}, published {published}. If {peer} really has a new key, \
+         accept it deliberately: remove the line for {peer} from {file} (or run with --accept-new-key {peer})"
+    )]
+    Changed { peer: String, pinned: String, published: String, file: String },
+    #[error("{peer}'s key file in the store is malformed: {msg}")]
+    BadPublished { peer: String, msg: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Something the user should see about keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyNotice {
+    /// First contact: `peer`'s key was pinned.
+    Pinned { peer: PeerId, fingerprint: String, file: String },
+    /// A changed key was accepted because the user asked for it.
+    Replaced { peer: PeerId, fingerprint: String },
+}
+
+impl std::fmt::Display for KeyNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyNotice::Pinned { peer, fingerprint, file } => {
+                write!(f, "first contact with {peer}: key fingerprint {fingerprint} (pinned in {file})")
+            }
+            KeyNotice::Replaced { peer, fingerprint } => {
+                write!(f, "accepted the new key of {peer}: fingerprint {fingerprint}")
+            }
+        }
+    }
+}
+
+/// The configuration directory.
+pub fn config_dir() -> Result<PathBuf, KeyError> {
+    if let Some(d) = std::env::var_os("DMP_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    dirs::config_dir().map(|d| d.join("dmp")).ok_or(KeyError::NoConfigDir)
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> KeyError {
+    KeyError::Io { path: path.display().to_string(), msg: e.to_string() }
+}
+
+/// Loads my identity for `id`, creating it (0600) on first use. Returns
+/// whether it was created.
+pub fn load_or_create_identity(dir: &Path, id: &PeerId) -> Result<(Identity, bool), KeyError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let keys = dir.join("keys");
+    let path = keys.join(format!("{id}.key"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!("{} is readable by others; run chmod 600 on it", path.display());
+                }
+            }
+            let bytes = hex::decode(text.trim())
+                .map_err(|_| KeyError::Malformed { path: path.display().to_string(), msg: "not hex".into() })?;
+            let ident = Identity::from_secret_bytes(&bytes)
+                .map_err(|e| KeyError::Malformed { path: path.display().to_string(), msg: e.to_string() })?;
+            Ok((ident, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&keys).map_err(|e| io(&keys, e))?;
+            let ident = Identity::generate(&mut rand_core::TryRngCore::unwrap_err(rand_core::OsRng));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            writeln!(f, "{}", hex::encode(ident.secret_bytes())).map_err(|e| io(&path, e))?;
+            f.sync_all().map_err(|e| io(&path, e))?;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            Ok((ident, true))
+        }
+        Err(e) => Err(io(&path, e)),
+    }
+}
+
+/// The pinned peer keys.
+pub struct KnownPeers {
+    path: PathBuf,
+}
+
+/// What [`KnownPeers::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// The key matches the pinned one.
+    Known,
+    /// First contact: the key is now pinned.
+    Pinned,
+}
+
+impl KnownPeers {
+    pub fn open(dir: &Path) -> KnownPeers {
+        KnownPeers { path: dir.join("known_peers") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn entries(&self) -> Result<Vec<(String, String)>, KeyError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.path, e)),
+        };
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(id), Some(key), None) => out.push((id.to_owned(), key.to_owned())),
+                _ => {
+                    return Err(KeyError::Malformed {
+                        path: format!("{}:{}", self.path.display(), n + 1),
+                        msg: "expected `<peer-id> <public key hex>`".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pinned key of `peer`, if any.
+    pub fn get(&self, peer: &PeerId) -> Result<Option<PublicKey>, KeyError> {
+        for (id, key) in self.entries()? {
+            if id == peer.as_str() {
+                return PublicKey::from_hex(&key)
+                    .map(Some)
+                    .map_err(|e| KeyError::Malformed { path: self.path.display().to_string(), msg: e.to_string() });
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks `key` against the pinned key of `peer`, pinning it on first contact.
+    pub fn check(&self, peer: &PeerId, key: &PublicKey) -> Result<Pin, KeyError> {
+        match self.get(peer)? {
+            Some(p) if &p == key => Ok(Pin::Known),
+            Some(p) => Err(KeyError::Changed {
+                peer: peer.to_string(),
+                pinned: p.fingerprint(),
+                published: key.fingerprint(),
+                file: self.path.display().to_string(),
+            }),
+            None => {
+                self.pin(peer, key)?;
+                Ok(Pin::Pinned)
+            }
+        }
+    }
+
+    /// Pins `key` for `peer`, replacing any earlier pin.
+    pub fn pin(&self, peer: &PeerId, key: &PublicKey) -> Result<(), KeyError> {
+        if let Some(d) = self.path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        }
+        let mut lines: Vec<String> = match std::fs::read_to_string(&self.path) {
+            Ok(t) => {
+                t.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).map(str::to_owned).collect()
+            }
+            Err(_) => vec!["# dmp pinned peer keys: <peer-id> <x25519 public key hex>".to_owned()],
+        };
+        lines.push(format!("{peer} {}", key.to_hex()));
+        let tmp = self.path.with_extension(format!("tmp{:08x}", fastrand::u32(..)));
+        std::fs::write(&tmp, lines.join("\n") + "\n").map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| io(&self.path, e))
+    }
+
+    /// Forgets the pin of `peer` (to accept a new key deliberately).
+    pub fn forget(&self, peer: &PeerId) -> Result<(), KeyError> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
+        let kept: Vec<&str> = text.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).collect();
+        std::fs::write(&self.path, kept.join("\n") + "\n").map_err(|e| io(&self.path, e))
+    }
+}
+
+fn key_file_key(id: &PeerId) -> Key {
+    Key::new([id.as_str(), KEY_FILE]).expect("valid key")
+}
+
+/// The bytes of the key file announcing `id`'s public key.
+pub fn key_file_body(id: &PeerId, key: &PublicKey) -> Vec<u8> {
+    serde_json::json!({"v": 1, "id": id.as_str(), "x25519": key.to_hex()}).to_string().into_bytes()
+}
+
+/// Writes my public key into my outbox unless it is already there.
+pub async fn publish(store: &dyn Store, id: &PeerId, key: &PublicKey) -> Result<(), StoreError> {
+    let k = key_file_key(id);
+    let body = key_file_body(id, key);
+    if store.get(&k, 4096).await.ok().flatten().as_deref() != Some(&body[..]) {
+        store.put(&k, &body).await?;
+    }
+    Ok(())
+}
+
+/// Reads `peer`'s published key; `Ok(None)` while it is not there.
+pub async fn fetch_published(store: &dyn Store, peer: &PeerId) -> Result<Option<PublicKey>, KeyError> {
+    let Some(bytes) = store.get(&key_file_key(peer), 4096).await? else { return Ok(None) };
+    parse_key_file(peer, &bytes).map(Some)
+}
+
+/// Parses a key file, checking that it names `peer`.
+pub fn parse_key_file(peer: &PeerId, bytes: &[u8]) -> Result<PublicKey, KeyError> {
+    let bad = |msg: &str| KeyError::BadPublished { peer: peer.to_string(), msg: msg.into() };
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad("not JSON"))?;
+    if v.get("v").and_then(|x| x.as_u64()) != Some(1) {
+        return Err(bad("unknown version"));
+    }
+    if v.get("id").and_then(|x| x.as_str()) != Some(peer.as_str()) {
+        return Err(bad("it names another party"));
+    }
+    let hexkey = v.get("x25519").and_then(|x| x.as_str()).ok_or_else(|| bad("no x25519 key"))?;
+    PublicKey::from_hex(hexkey).map_err(|e| bad(&e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_with_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let id = PeerId::new("alice").unwrap();
+        let (a, created) = load_or_create_identity(d.path(), &id).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create_identity(d.path(), &id).unwrap();
+        assert!(!created);
+        assert_eq!(a.public(), b.public());
+        let mode = std::fs::metadata(d.path().join("keys/alice.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn pinning_refuses_a_changed_key() {
+        let d = tempfile::tempdir().unwrap();
+        let kp = KnownPeers::open(d.path());
+        let bob = PeerId::new("bob").unwrap();
+        let k1 = Identity::from_seed(b"k1 seed for tests only.........").public().clone();
+        let k2 = Identity::from_seed(b"k2 seed for tests only.........").public().clone();
+        assert_eq!(kp.check(&bob, &k1).unwrap(), Pin::Pinned);
+        assert_eq!(kp.check(&bob, &k1).unwrap(), Pin::Known);
+        let err = kp.check(&bob, &k2).unwrap_err().to_string();
+        assert!(err.contains(&k1.fingerprint()) && err.contains(&k2.fingerprint()), "{err}");
+        assert!(err.contains("known_peers"), "{err}");
+        kp.forget(&bob).unwrap();
+        assert_eq!(kp.check(&bob, &k2).unwrap(), Pin::Pinned);
+    }
+
+    #[test]
+    fn key_files_name_their_owner() {
+        let bob = PeerId::new("bob").unwrap();
+        let k = Identity::from_seed(b"k1 seed for tests only.........").public().clone();
+        let body = key_file_body(&bob, &k);
+        assert_eq!(parse_key_file(&bob, &body).unwrap(), k);
+        let carol = PeerId::new("carol").unwrap();
+        assert!(parse_key_file(&carol, &body).is_err());
+        assert!(parse_key_file(&bob, b"garbage").is_err());
+    }
+}
