@@ -105,14 +105,14 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     }
-    let security = match cli.common.security(&cli.sender) {
+    let (spec, store) = match cli.common.open_store(&cli.sender).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
             return Exit::Usage;
         }
     };
-    let (spec, store) = match cli.common.open_store(&cli.sender).await {
+    let security = match cli.common.security(&cli.sender) {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> Exit {
                 pb.set_position(p.done);
             }
         },
-        dmp_cli::key_notice,
+        dmp_cli::key_notice(cli.common.quiet),
         dmp_cli::shutdown_signal(),
     )
     .await;

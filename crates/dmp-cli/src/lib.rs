@@ -194,9 +194,16 @@ impl Common {
     }
 }
 
-/// Prints a key notice (first contact, accepted new key) on stderr.
-pub fn key_notice(n: dmp_core::keys::KeyNotice) {
-    eprintln!("{n}");
+/// Prints a key notice (first contact, accepted new key) on stderr, unless
+/// `-q` (then it is logged at info level for `-v`).
+pub fn key_notice(quiet: bool) -> impl FnMut(dmp_core::keys::KeyNotice) {
+    move |n| {
+        if quiet {
+            tracing::info!("{n}");
+        } else {
+            eprintln!("{n}");
+        }
+    }
 }
 
 /// Parses the command line; a usage error prints one line and exits 2.

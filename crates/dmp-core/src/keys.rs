@@ -231,6 +231,11 @@ pub async fn publish(store: &dyn Store, id: &PeerId, key: &PublicKey) -> Result<
     Ok(())
 }
 
+/// Removes my published key (a service that removes its files on exit).
+pub async fn unpublish(store: &dyn Store, id: &PeerId) -> Result<(), StoreError> {
+    store.delete(&key_file_key(id)).await
+}
+
 /// Reads `peer`'s published key; `Ok(None)` while it is not there.
 pub async fn fetch_published(store: &dyn Store, peer: &PeerId) -> Result<Option<PublicKey>, KeyError> {
     let Some(bytes) = store.get(&key_file_key(peer), 4096).await? else { return Ok(None) };

@@ -77,14 +77,14 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     }
-    let security = match cli.common.security(&cli.client) {
+    let (spec, store) = match cli.common.open_store(&cli.client).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
             return Exit::Usage;
         }
     };
-    let (spec, store) = match cli.common.open_store(&cli.client).await {
+    let security = match cli.common.security(&cli.client) {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> Exit {
             }
             PingEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
             PingEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
-            PingEvent::Key(n) => dmp_cli::key_notice(n.clone()),
+            PingEvent::Key(n) => dmp_cli::key_notice(quiet)(n.clone()),
             _ => {}
         },
         dmp_cli::shutdown_signal(),

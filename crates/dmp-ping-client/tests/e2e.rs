@@ -49,6 +49,9 @@ fn command(name: &str, store: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin_dir().join(name));
     cmd.args(args).arg("--store").arg(store);
     cmd.env_remove("DMP_STORE").env_remove("RUST_LOG").stdin(Stdio::null());
+    // Keys and state stay in the test's own directory, next to its store.
+    let sandbox = store.parent().unwrap_or(store);
+    cmd.env("DMP_CONFIG_DIR", sandbox.join("config")).env("DMP_STATE_DIR", sandbox.join("state"));
     cmd
 }
 

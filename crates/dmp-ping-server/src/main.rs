@@ -39,14 +39,14 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     }
-    let security = match cli.common.security(&cli.server) {
+    let (spec, store) = match cli.common.open_store(&cli.server).await {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
             return Exit::Usage;
         }
     };
-    let (spec, store) = match cli.common.open_store(&cli.server).await {
+    let security = match cli.common.security(&cli.server) {
         Ok(s) => s,
         Err(e) => {
             dmp_cli::report(&e);
@@ -73,7 +73,7 @@ async fn run(cli: Cli) -> Exit {
             ServerEvent::Answered { client, seq } => tracing::debug!("answered {client} message {seq}"),
             ServerEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
             ServerEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
-            ServerEvent::Key(n) => dmp_cli::key_notice(n.clone()),
+            ServerEvent::Key(n) => dmp_cli::key_notice(cli.common.quiet)(n.clone()),
             ServerEvent::KeyRefused { client, reason } => eprintln!("refusing {client}: {reason}"),
         },
         dmp_cli::shutdown_signal(),

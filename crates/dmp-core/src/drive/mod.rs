@@ -370,6 +370,9 @@ pub async fn run_ping_client(
     let summary = machine.summary();
     ops.settle(SETTLE).await;
     cleanup_link_dir(store, machine.link().out_dir()).await;
+    if let Some(sec) = &security {
+        let _ = crate::keys::unpublish(store, &sec.me).await;
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
@@ -445,6 +448,7 @@ pub async fn run_ping_server(
         }
     }
     let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
+    let mut key_next: std::collections::BTreeMap<PeerId, (Duration, Duration)> = Default::default();
     let mut machine = PingServer::new(me.clone(), opts.link, fresh_session()).with_discover_every(opts.discover_every);
     for c in opts.known_clients {
         machine.add_client(clock.now(), c);
@@ -460,12 +464,26 @@ pub async fn run_ping_server(
         if let (true, Some(sec)) = (check_keys, &security) {
             last_key_check = Some(clock.now());
             for client in machine.clients_needing_key() {
+                let now = clock.now();
+                // A client whose key is not there yet (or whose outbox cannot
+                // be reached: a look-up can take the store's whole retry time)
+                // is looked up again after a growing pause.
+                if key_next.get(&client).is_some_and(|(at, _)| *at > now) {
+                    continue;
+                }
                 if refused.contains(&client) || !talks_to(store, &client, &me).await {
                     continue;
                 }
                 match sec.resolve(store, &client, &mut |n| on_event(&ServerEvent::Key(n))).await {
-                    Ok(Some(c)) => machine.set_client_crypto(clock.now(), &client, c),
-                    Ok(None) => {}
+                    Ok(Some(c)) => {
+                        key_next.remove(&client);
+                        machine.set_client_crypto(clock.now(), &client, c)
+                    }
+                    Ok(None) => {
+                        let delay = key_next.get(&client).map_or(Duration::from_millis(500), |(_, d)| *d * 2);
+                        let delay = delay.min(Duration::from_secs(60));
+                        key_next.insert(client.clone(), (clock.now() + delay, delay));
+                    }
                     Err(e) => {
                         on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
                         refused.insert(client);
@@ -503,6 +521,9 @@ pub async fn run_ping_server(
                 cleanup_link_dir(store, &dir).await;
             }
         }
+    }
+    if let Some(sec) = &security {
+        let _ = crate::keys::unpublish(store, &sec.me).await;
     }
     Ok(())
 }
