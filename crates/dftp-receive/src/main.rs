@@ -84,10 +84,15 @@ async fn run(cli: Cli) -> Exit {
         }
     };
     let canonical = std::fs::canonicalize(&cli.dir).unwrap_or_else(|_| cli.dir.clone());
-    let state_file = dmp_core::state::state_file(
-        "receive",
-        &[&spec.identity(), cli.sender.as_str(), cli.receiver.as_str(), &canonical.to_string_lossy()],
-    );
+    // A transfer started with --insecure-plaintext cannot be resumed with
+    // encryption on, nor the other way round (the peer would refuse its
+    // messages): each mode keeps its own state.
+    let (store_id, path) = (spec.identity(), canonical.to_string_lossy());
+    let mut parts = vec![store_id.as_str(), cli.sender.as_str(), cli.receiver.as_str(), &path];
+    if cli.common.insecure_plaintext {
+        parts.push("insecure-plaintext");
+    }
+    let state_file = dmp_core::state::state_file("receive", &parts);
     let opts = RecvOptions {
         dir: canonical.clone(),
         overwrite: cli.overwrite,
