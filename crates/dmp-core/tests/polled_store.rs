@@ -87,15 +87,16 @@ fn the_head_is_read_every_head_every_and_often_once_the_peer_is_gone() {
     assert!(g.contains(&"b/a/head".to_string()) && g.contains(&msg1.to_string()), "{g:?}");
     l.on_result(ms(10_000), OpResult::Got(key(msg1), Ok(None)));
 
-    // The head is gone: the peer finished. Only its head is watched, every
-    // 5 s / 16, for a new session.
+    // The head reads as absent: perhaps the peer finished, perhaps a flaky
+    // read. Not gone yet (that takes several absent reads over a while), but
+    // its head is now watched every 5 s / 16, for a new session.
     l.on_result(ms(10_000), OpResult::Got(key("b/a/head"), Ok(None)));
-    assert!(l.peer_gone());
+    assert!(!l.peer_gone(), "one absent read is not enough");
     let _ = l.take_outputs();
     l.wake(ms(10_100));
-    assert!(gets(&ops(l.take_outputs())).is_empty(), "nothing to fetch from a gone peer, head not due yet");
+    assert!(!gets(&ops(l.take_outputs())).contains(&"b/a/head".to_string()), "head not due yet");
     l.wake(ms(10_400));
-    assert_eq!(gets(&ops(l.take_outputs())), ["b/a/head"]);
+    assert!(gets(&ops(l.take_outputs())).contains(&"b/a/head".to_string()));
     // It comes back with a new session: followed at once.
     l.on_result(ms(10_400), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(10)))));
     assert!(!l.peer_gone());

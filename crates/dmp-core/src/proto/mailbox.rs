@@ -450,7 +450,10 @@ impl Link {
     /// [`LinkConfig::head_every`].
     fn head_interval(&self, now: Duration) -> Duration {
         let receiving = self.last_delivery.is_some_and(|t| now.saturating_sub(t) < self.cfg.head_every);
-        if self.peer_gone || receiving { self.cfg.head_every / 16 } else { self.cfg.head_every }
+        // Once the head reads as absent (the peer may have finished, or be
+        // restarting), watch it closely until it is back or confirmed gone.
+        let suspect = self.peer_gone || self.head_absent.is_some();
+        if suspect || receiving { self.cfg.head_every / 16 } else { self.cfg.head_every }
     }
 
     /// When the link wants a [`Link::wake`] even without a change signal.
