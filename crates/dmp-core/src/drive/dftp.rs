@@ -267,7 +267,10 @@ pub async fn send_file(
     match outcome {
         Ok(sha256) => {
             progress(Progress { done: total, total });
-            cleanup_link_dir(store, m.link().out_dir()).await;
+            if let Some(op) = m.final_ack() {
+                let _ = super::perform(store, op).await;
+            }
+            finish_sender_cleanup(store, m.link(), &mut changes).await;
             if let Some(p) = &opts.state_file {
                 state::remove(p);
             }
@@ -292,6 +295,40 @@ pub async fn send_file(
         }
         Err(e) => Err(e),
     }
+}
+
+/// After `finished`: removes everything of mine but my `ack`, which tells
+/// the receiver that its `finished` arrived; waits (at most 10 s) for the
+/// receiver to remove its files, then removes the `ack` too.
+async fn finish_sender_cleanup(
+    store: &dyn Store,
+    link: &crate::proto::mailbox::Link,
+    changes: &mut crate::store::Changes,
+) {
+    use crate::proto::mailbox::{ACK_NAME, HEAD_NAME};
+    let out_dir = link.out_dir().clone();
+    if let Ok(names) = store.list(&out_dir).await {
+        for n in names.iter().filter(|n| n.as_str() != ACK_NAME) {
+            if let Ok(k) = out_dir.join(n) {
+                let _ = store.delete(&k).await;
+            }
+        }
+    }
+    if let Ok(head_in) = link.in_dir().join(HEAD_NAME) {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut delay = Duration::from_millis(5);
+        while Instant::now() < until {
+            if let Ok(None) = store.get(&head_in, 4096).await {
+                break;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+    cleanup_link_dir(store, &out_dir).await;
 }
 
 /// Settings of a receive.

@@ -497,6 +497,9 @@ pub async fn run_ping_server(
         let mut active = false;
         for ev in machine.take_events() {
             active |= matches!(ev, ServerEvent::Answered { .. } | ServerEvent::NewClient(_));
+            if matches!(ev, ServerEvent::NewClient(_)) {
+                last_key_check = None; // look its key up at once
+            }
             on_event(&ev);
         }
         if active {

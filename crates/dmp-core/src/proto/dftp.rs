@@ -199,6 +199,12 @@ impl DftpSender {
         self.link.needs_key()
     }
 
+    /// See [`Link::final_ack`]: after `finished`, the ack that tells the
+    /// receiver so.
+    pub fn final_ack(&mut self) -> Option<Op> {
+        self.link.final_ack()
+    }
+
     /// Bytes a chunk of `len` takes in the store.
     fn obj_len(&self, len: u64) -> u64 {
         if self.cfg.link.secure { len + SEAL_OVERHEAD as u64 } else { len }

@@ -982,6 +982,27 @@ impl Link {
         }
     }
 
+    /// The write of an `ack` covering everything committed, whatever is
+    /// under way: for a party that stops right after its last delivery and
+    /// will not see the results of earlier writes. `None` when nothing was
+    /// received or no key is known.
+    pub fn final_ack(&mut self) -> Option<Op> {
+        let session = self.state.peer_session?;
+        let env = Envelope {
+            flags: 0,
+            kind: Kind::Ack,
+            sender: self.me.clone(),
+            recipient: self.peer.clone(),
+            session: self.state.session,
+            seq: 0,
+            base: 0,
+            payload: AckBody { session, upto: self.state.committed }.encode(),
+        };
+        let env = self.seal(env)?;
+        self.ack_written = self.state.committed;
+        Some(Op::Put(self.ack_key_out.clone(), env.encode().into()))
+    }
+
     fn write_ack(&mut self, _now: Duration) {
         if self.ack_put_pending || self.state.committed <= self.ack_written {
             return;
