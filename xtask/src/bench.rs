@@ -329,6 +329,7 @@ fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
     let want = sha256_file(&src)?;
 
     let (mut dftp_s, mut cp_s, mut ratios, mut rss_send, mut rss_recv) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut plain_s, mut crypto_ratios) = (vec![], vec![]);
     for run in 1..=RUNS {
         // cp + sync of the same file, on the same disk.
         sync()?;
@@ -339,46 +340,18 @@ fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
         let cp = t.elapsed().as_secs_f64();
         std::fs::remove_file(&dst).ok();
 
-        // The DFTP pair through a fresh folder store.
-        sync()?;
-        let run_dir = TempDir::new_in(dir.path(), "run")?;
-        let (store, out) = (run_dir.join("store"), run_dir.join("out"));
-        std::fs::create_dir(&out)?;
-        let t = Instant::now();
-        let recv = Proc::spawn_logged(
-            Command::new(ctx.bin.join("dftp-receive"))
-                .args(["alice", "bob"])
-                .arg(&out)
-                .arg("--store")
-                .arg(&store)
-                .arg("--json"),
-            "dftp-receive",
-            run_dir.path(),
-        )?;
-        let send = Proc::spawn_logged(
-            Command::new(ctx.bin.join("dftp-send"))
-                .args(["bob", "alice"])
-                .arg(&src)
-                .arg("--store")
-                .arg(&store)
-                .arg("--json"),
-            "dftp-send",
-            run_dir.path(),
-        )?;
-        let [(send, s_rss), (recv, r_rss)] = wait_pair_sampling_rss([send, recv], Duration::from_secs(600))?;
-        let wall = t.elapsed().as_secs_f64();
-        let got = out.join("random.bin");
-        let have = sha256_file(&got).with_context(|| format!("{}{}", got.display(), recv.log_tail()))?;
-        if have != want {
-            bail!("run {run}: received file differs from the sent one (SHA-256)");
-        }
-        drop((send, recv, run_dir));
+        // The DFTP pair through a fresh folder store: encrypted (the
+        // default), then with --insecure-plaintext for the cost of encryption.
+        let (wall, s_rss, r_rss) = dftp_pair(ctx, &dir, &src, &want, run, &[])?;
+        let (plain, _, _) = dftp_pair(ctx, &dir, &src, &want, run, &["--insecure-plaintext"])?;
         println!(
-            "run {run}: dftp {wall:.3} s, cp+sync {cp:.3} s, ratio {:.2}, peak RSS send {} MiB, receive {} MiB",
+            "run {run}: dftp {wall:.3} s (plaintext {plain:.3} s), cp+sync {cp:.3} s, ratio {:.2}, peak RSS send {} MiB, receive {} MiB",
             wall / cp,
             s_rss / 1024,
             r_rss / 1024
         );
+        plain_s.push(plain);
+        crypto_ratios.push(wall / plain);
         dftp_s.push(wall);
         cp_s.push(cp);
         ratios.push(wall / cp);
@@ -390,6 +363,9 @@ fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
         Row::new(format!("DFTP {size}, local folder, wall time"), median(&dftp_s), "s")
             .vs("cp + sync", median(&cp_s), Some(median(&ratios)), 2.0)
             .note(format!("{mbps:.0} MB/s; ratio = median of {RUNS} per-run ratios; SHA-256 verified")),
+        Row::new(format!("DFTP {size}, local folder, encrypted"), median(&dftp_s), "s")
+            .vs("--insecure-plaintext", median(&plain_s), Some(median(&crypto_ratios)), 1.25)
+            .note(format!("the cost of encryption; ratio = median of {RUNS} per-run ratios")),
         Row::new(format!("peak RSS dftp-send, {size}"), rss_send.iter().cloned().fold(0.0, f64::max), "MiB")
             .at_most(64.0)
             .note("VmHWM sampled every 5 ms"),
@@ -397,6 +373,41 @@ fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
             .at_most(64.0)
             .note("VmHWM sampled every 5 ms"),
     ])
+}
+
+/// One DFTP transfer of `src` through a fresh folder store, with keys and
+/// state in the run's own directory: (wall seconds, peak RSS KiB of the
+/// sender, of the receiver). The received file must hash to `want`.
+fn dftp_pair(ctx: &Ctx, dir: &TempDir, src: &Path, want: &str, run: usize, extra: &[&str]) -> Result<(f64, u64, u64)> {
+    sync()?;
+    let run_dir = TempDir::new_in(dir.path(), "run")?;
+    let (store, out) = (run_dir.join("store"), run_dir.join("out"));
+    std::fs::create_dir(&out)?;
+    let tool = |name: &str| {
+        let mut c = Command::new(ctx.bin.join(name));
+        c.env("DMP_CONFIG_DIR", run_dir.join("config")).env("DMP_STATE_DIR", run_dir.join("state"));
+        c
+    };
+    let t = Instant::now();
+    let recv = Proc::spawn_logged(
+        tool("dftp-receive").args(["alice", "bob"]).arg(&out).arg("--store").arg(&store).arg("--json").args(extra),
+        "dftp-receive",
+        run_dir.path(),
+    )?;
+    let send = Proc::spawn_logged(
+        tool("dftp-send").args(["bob", "alice"]).arg(src).arg("--store").arg(&store).arg("--json").args(extra),
+        "dftp-send",
+        run_dir.path(),
+    )?;
+    let [(send, s_rss), (recv, r_rss)] = wait_pair_sampling_rss([send, recv], Duration::from_secs(600))?;
+    let wall = t.elapsed().as_secs_f64();
+    let got = out.join(src.file_name().expect("file name"));
+    let have = sha256_file(&got).with_context(|| format!("{}{}", got.display(), recv.log_tail()))?;
+    if have != want {
+        bail!("run {run}: received file differs from the sent one (SHA-256)");
+    }
+    drop((send, recv, run_dir));
+    Ok((wall, s_rss, r_rss))
 }
 
 /// Waits for both processes (each must exit 0), sampling their peak RSS
