@@ -3,6 +3,8 @@
 
 mod bench;
 mod demo;
+mod fuzz;
+mod sim;
 mod test;
 mod util;
 
@@ -19,12 +21,14 @@ commands:
   demo                    run the main job on a temporary local-folder store:
                           a ping server and client, then a DFTP file transfer
   bench [--quick] [NAME]  benchmarks in release mode; a Markdown table on
-                          stdout and target/bench.json (bench --help lists them)";
+                          stdout and target/bench.json (bench --help lists them)
+";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = format!("{USAGE}{}\n{}", sim::USAGE, fuzz::USAGE);
     let Some(cmd) = args.first() else {
-        eprintln!("{USAGE}");
+        eprintln!("{usage}");
         return ExitCode::from(2);
     };
     let rest = &args[1..];
@@ -32,12 +36,14 @@ fn main() -> ExitCode {
         "test" | "ci" => test::run_suite(rest),
         "demo" if rest.is_empty() => demo::run(),
         "bench" => bench::run(rest),
+        "sim" => return sim::run(rest),
+        "fuzz" => fuzz::run(rest),
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+            println!("{usage}");
             return ExitCode::SUCCESS;
         }
         _ => {
-            eprintln!("unknown command or argument: {}\n\n{USAGE}", args.join(" "));
+            eprintln!("unknown command or argument: {}\n\n{usage}", args.join(" "));
             return ExitCode::from(2);
         }
     };

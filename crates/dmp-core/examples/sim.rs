@@ -3,6 +3,7 @@
 //! ```text
 //! sim --seeds N [--from S] [--jobs J]   run seeds S..S+N; end with the summary line
 //! sim --seed S                          replay one seed, printing its trace
+//! sim --outcomes --seeds N               how runs ended, by kind (lossy ones apart)
 //! ```
 //! Exit status 1 when a violation was found.
 
@@ -32,6 +33,30 @@ fn main() -> ExitCode {
         return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let seeds = value("--seeds").unwrap_or(10_000);
+    if args.iter().any(|a| a == "--outcomes") {
+        let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+        for seed in value("--from").unwrap_or(0)..value("--from").unwrap_or(0) + seeds {
+            let r = sim::run_seed(seed, None);
+            // The outcome without numbers and names, so that alike runs group.
+            let mut shape = String::new();
+            for c in r.outcome.chars() {
+                if c.is_ascii_digit() {
+                    if !shape.ends_with('N') {
+                        shape.push('N');
+                    }
+                } else {
+                    shape.push(c);
+                }
+            }
+            let shape = shape.split(" (").next().unwrap_or("").to_string()
+                + shape.split("receiver").nth(1).map_or("", |x| x.split(';').next().unwrap_or("")).trim_end();
+            *kinds.entry(format!("{}{}: {shape}", r.scenario, if r.lossy { " (lossy)" } else { "" })).or_default() += 1;
+        }
+        for (k, n) in kinds {
+            println!("{n:>7}  {k}");
+        }
+        return ExitCode::SUCCESS;
+    }
     let first = value("--from").unwrap_or(0);
     let jobs = value("--jobs")
         .map(|j| j as usize)
@@ -43,12 +68,14 @@ fn main() -> ExitCode {
         print!("{failures}");
     }
     eprintln!(
-        "{:.1} s, {:.0} seeds/s on {jobs} threads; {} crashes; {} lossy runs ({} stopped without completing)",
+        "{:.1} s, {:.0} seeds/s on {jobs} threads; {} crashes; {} lossy runs ({} stopped without completing); \
+         completed runs ended at most {:.0} s after their faults stopped",
         secs,
         totals.seeds as f64 / secs.max(1e-9),
         totals.crashes,
         totals.lossy,
-        totals.lossy_incomplete
+        totals.lossy_incomplete,
+        totals.max_settle.as_secs_f64()
     );
     println!("{}", totals.line());
     if totals.violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }

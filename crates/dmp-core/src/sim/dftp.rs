@@ -166,12 +166,13 @@ impl Sender {
                 match o {
                     SendOut::Op(op) => {
                         let chunk_put = matches!(&op, Op::Put(k, _) if parse_chunk_object_name(k.name()).is_some());
+                        let what = if env.tracing() { show_op(&op) } else { String::new() };
                         let res = store.perform(env, me.as_str(), op);
                         if chunk_put {
                             self.check_quota(env, store);
                         }
                         if env.crash_due() {
-                            return Some("after a store operation".into());
+                            return Some(format!("after {what}"));
                         }
                         self.m.as_mut()?.on_result(env.now, res);
                     }
@@ -386,9 +387,10 @@ impl Receiver {
                 let now = env.now;
                 match o {
                     RecvOut::Op(op) => {
+                        let what = if env.tracing() { show_op(&op) } else { String::new() };
                         let res = store.perform(env, me.as_str(), op);
                         if env.crash_due() {
-                            return Some("after a store operation".into());
+                            return Some(format!("after {what}"));
                         }
                         self.m.as_mut()?.on_result(env.now, res);
                     }

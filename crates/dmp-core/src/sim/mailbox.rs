@@ -125,9 +125,10 @@ impl MailNode {
                 let now = env.now;
                 match o {
                     Output::Op(op) => {
+                        let what = if env.tracing() { show_op(&op) } else { String::new() };
                         let res = store.perform(env, me.as_str(), op);
                         if env.crash_due() {
-                            return Some("after a store operation".into());
+                            return Some(format!("after {what}"));
                         }
                         let link = self.link.as_mut()?;
                         let recovery =

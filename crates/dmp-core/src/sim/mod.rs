@@ -19,8 +19,9 @@
 //!   listings. Any operation may fail with a transient error; a failed put
 //!   or delete may still have taken effect.
 //! - **Time**: a virtual clock that jumps to the next wake-up (a machine
-//!   deadline, the poll timer, or with notifications the next file becoming
-//!   visible). Store operations take a random latency. Nothing sleeps.
+//!   deadline, the poll timer, or with notifications the first change of the
+//!   peer's that became visible since the party last looked). Store
+//!   operations take a random latency. Nothing sleeps.
 //! - **Parties**: each runs a simulated driver that does what the real one
 //!   in [`crate::drive`] does, synchronously. Before any output it acts on,
 //!   and after any store or file operation before its result is fed back,
@@ -31,6 +32,10 @@
 //!   temporary file.
 //! - **Faults** run for a fault phase; then they stop (delays stay short)
 //!   and the run must finish within [`SETTLE_BOUND`].
+//! - **Settings** are random too: block size 1 B to 64 KiB, 0 to 20 chunks,
+//!   window 1 to 6, a quota or none, link windows and read-ahead (the DFTP
+//!   receiver keeps the tools' link window; the mailbox scenario covers small
+//!   ones), polling or notifications.
 //!
 //! Invariants checked (any breach is a *violation*):
 //! - no machine panics; a party writes and deletes only in its own outbox;
@@ -51,8 +56,12 @@
 //!   temporary file left) within [`SETTLE_BOUND`] (plus [`SETTLE_PER_ITEM`]
 //!   per message or chunk) of the faults stopping. A lossy run may instead
 //!   stop with a clear failure, never a wrong file.
+//!
+//! [`fuzz`] holds the fuzzing harnesses (envelope decoder, DFTP receiver fed
+//! arbitrary events), run by `cargo xtask fuzz` and `tests/fuzz_inputs.rs`.
 
 mod dftp;
+pub mod fuzz;
 mod mailbox;
 pub mod store;
 
@@ -159,6 +168,9 @@ impl FaultCfg {
     }
 }
 
+/// Receives the trace of a run, one line at a time.
+pub type Trace = Box<dyn FnMut(&str)>;
+
 /// What a run ended with.
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
@@ -174,6 +186,8 @@ pub struct RunReport {
     pub violations: Vec<String>,
     /// Simulated time at the end.
     pub end: Duration,
+    /// For a completed run, how long after the faults stopped it ended.
+    pub settle: Option<Duration>,
     /// One line on the outcome.
     pub outcome: String,
 }
@@ -194,11 +208,11 @@ pub(crate) struct Env {
     pub faults: u64,
     pub crashes: u32,
     pub violations: Vec<String>,
-    trace: Option<Box<dyn FnMut(&str)>>,
+    trace: Option<Trace>,
 }
 
 impl Env {
-    fn new(rng: Rng, cfg: FaultCfg, trace: Option<Box<dyn FnMut(&str)>>) -> Env {
+    fn new(rng: Rng, cfg: FaultCfg, trace: Option<Trace>) -> Env {
         Env { rng, now: Duration::ZERO, cfg, faults: 0, crashes: 0, violations: Vec::new(), trace }
     }
 
@@ -461,7 +475,7 @@ pub(crate) fn run_pair<A: Node, B: Node>(
 }
 
 /// Runs one seed. With `trace`, every action is passed to it as a line.
-pub fn run_seed(seed: u64, trace: Option<Box<dyn FnMut(&str)>>) -> RunReport {
+pub fn run_seed(seed: u64, trace: Option<Trace>) -> RunReport {
     let mut rng = Rng::with_seed(seed);
     let cfg = FaultCfg::random(&mut rng);
     let scenario = if rng.u8(..3) == 0 { "mailbox" } else { "dftp" };
@@ -494,6 +508,7 @@ pub fn run_seed(seed: u64, trace: Option<Box<dyn FnMut(&str)>>) -> RunReport {
     report.crashes = env.crashes;
     report.violations = std::mem::take(&mut env.violations);
     report.end = env.now;
+    report.settle = report.completed.then(|| env.now.saturating_sub(env.cfg.until));
     env.log(|| "end".into());
     report
 }
@@ -514,6 +529,8 @@ pub struct Totals {
     pub violations: u64,
     pub lossy: u64,
     pub lossy_incomplete: u64,
+    /// The longest a completed run took after its faults stopped.
+    pub max_settle: Duration,
     pub failing_seeds: Vec<u64>,
 }
 
@@ -525,6 +542,7 @@ impl Totals {
         self.violations += r.violations.len() as u64;
         self.lossy += r.lossy as u64;
         self.lossy_incomplete += (r.lossy && !r.completed) as u64;
+        self.max_settle = self.max_settle.max(r.settle.unwrap_or_default());
         if !r.violations.is_empty() {
             self.failing_seeds.push(r.seed);
         }
@@ -537,6 +555,7 @@ impl Totals {
         self.violations += o.violations;
         self.lossy += o.lossy;
         self.lossy_incomplete += o.lossy_incomplete;
+        self.max_settle = self.max_settle.max(o.max_settle);
         self.failing_seeds.extend(&o.failing_seeds);
     }
 
