@@ -35,7 +35,13 @@ pub fn run() -> Result<()> {
 fn ping(bin: &Path, store: &Path) -> Result<()> {
     heading(&format!("starting dmp-ping-server {SERVER} --store {}", store.display()));
     let mut server = Proc::spawn(
-        Command::new(bin.join("dmp-ping-server")).arg(SERVER).arg("--store").arg(store).stdin(Stdio::null()),
+        Command::new(bin.join("dmp-ping-server"))
+            .env("DMP_CONFIG_DIR", sandbox(store, "config"))
+            .env("DMP_STATE_DIR", sandbox(store, "state"))
+            .arg(SERVER)
+            .arg("--store")
+            .arg(store)
+            .stdin(Stdio::null()),
         "dmp-ping-server",
     )?;
     std::thread::sleep(Duration::from_millis(300));
@@ -46,6 +52,8 @@ fn ping(bin: &Path, store: &Path) -> Result<()> {
 
     heading(&format!("dmp-ping-client {SERVER} {CLIENT} -c 5 -i 0.2 --store {}", store.display()));
     let st = Command::new(bin.join("dmp-ping-client"))
+        .env("DMP_CONFIG_DIR", sandbox(store, "config"))
+        .env("DMP_STATE_DIR", sandbox(store, "state"))
         .args([SERVER, CLIENT, "-c", "5", "-i", "0.2"])
         .arg("--store")
         .arg(store)
@@ -75,12 +83,24 @@ fn dftp(bin: &Path, store: &Path, tmp: &Path) -> Result<()> {
 
     let started = Instant::now();
     let mut recv = Proc::spawn_logged(
-        Command::new(bin.join("dftp-receive")).args([sender, receiver]).arg(&out_dir).arg("--store").arg(store),
+        Command::new(bin.join("dftp-receive"))
+            .env("DMP_CONFIG_DIR", sandbox(store, "config"))
+            .env("DMP_STATE_DIR", sandbox(store, "state"))
+            .args([sender, receiver])
+            .arg(&out_dir)
+            .arg("--store")
+            .arg(store),
         "dftp-receive",
         tmp,
     )?;
     let mut send = Proc::spawn_logged(
-        Command::new(bin.join("dftp-send")).args([receiver, sender]).arg(&file).arg("--store").arg(store),
+        Command::new(bin.join("dftp-send"))
+            .env("DMP_CONFIG_DIR", sandbox(store, "config"))
+            .env("DMP_STATE_DIR", sandbox(store, "state"))
+            .args([receiver, sender])
+            .arg(&file)
+            .arg("--store")
+            .arg(store),
         "dftp-send",
         tmp,
     )?;
@@ -106,4 +126,10 @@ fn dftp(bin: &Path, store: &Path, tmp: &Path) -> Result<()> {
     }
     println!("identical; {} in {secs:.2} s for the pair of tools", human_size(FILE_LEN));
     Ok(())
+}
+
+/// Keys and resume state of the demo's parties live next to its store, so
+/// the demo leaves nothing in the user's own configuration.
+fn sandbox(store: &Path, what: &str) -> std::path::PathBuf {
+    store.parent().unwrap_or(store).join(what)
 }

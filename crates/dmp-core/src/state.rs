@@ -53,8 +53,8 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
 /// Saves a state file atomically (temporary name, then rename). It is not
 /// fsynced: that would force the file system to flush every dirty page of
 /// the transfer with it (ext4 ordered mode), many times a second. A process
-/// crash loses nothing; a power loss may roll the state back, which the
-/// protocol recovers from (docs/PROTOCOL.md, "Restarts").
+/// crash loses nothing; a power loss may roll the state back or tear it
+/// (docs/PROTOCOL.md 5.3 says what then happens).
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let io = |e: std::io::Error| StateError::Io { path: path.display().to_string(), msg: e.to_string() };
     if let Some(dir) = path.parent() {
