@@ -50,13 +50,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
-    match cli.common.print_fingerprint(&cli.receiver) {
-        Ok(true) => return Exit::Ok,
-        Ok(false) => {}
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
+    if let Some(exit) = cli.common.fingerprint_exit(&cli.receiver) {
+        return exit;
     }
     match std::fs::metadata(&cli.dir) {
         Ok(m) if m.is_dir() => {}
@@ -69,30 +64,14 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     }
-    let (spec, store) = match cli.common.open_store(&cli.receiver).await {
+    let (spec, store, security) = match cli.common.setup(&cli.receiver).await {
         Ok(s) => s,
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
-    };
-    let security = match cli.common.security(&cli.receiver) {
-        Ok(s) => s,
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let canonical = std::fs::canonicalize(&cli.dir).unwrap_or_else(|_| cli.dir.clone());
-    // A transfer started with --insecure-plaintext cannot be resumed with
-    // encryption on, nor the other way round (the peer would refuse its
-    // messages): each mode keeps its own state.
     let (store_id, path) = (spec.identity(), canonical.to_string_lossy());
-    let mut parts = vec![store_id.as_str(), cli.sender.as_str(), cli.receiver.as_str(), &path];
-    if cli.common.insecure_plaintext {
-        parts.push("insecure-plaintext");
-    }
-    let state_file = dmp_core::state::state_file("receive", &parts);
+    let state_file =
+        cli.common.state_file("receive", &[store_id.as_str(), cli.sender.as_str(), cli.receiver.as_str(), &path]);
     let opts = RecvOptions {
         dir: canonical.clone(),
         overwrite: cli.overwrite,

@@ -194,6 +194,50 @@ impl Common {
     }
 }
 
+impl Common {
+    /// With `--fingerprint`: prints `me`'s fingerprint and returns the exit
+    /// code to stop with (0, or 2 when it cannot be read).
+    pub fn fingerprint_exit(&self, me: &dmp_core::PeerId) -> Option<Exit> {
+        match self.print_fingerprint(me) {
+            Ok(true) => Some(Exit::Ok),
+            Ok(false) => None,
+            Err(e) => {
+                report(&e);
+                Some(Exit::Usage)
+            }
+        }
+    }
+
+    /// Opens the store and loads `me`'s keys; a failure is reported in one
+    /// line and is a usage error.
+    pub async fn setup(
+        &self,
+        me: &dmp_core::PeerId,
+    ) -> Result<(StoreSpec, DynStore, Option<dmp_core::drive::security::Security>), Exit> {
+        let (spec, store) = self.open_store(me).await.map_err(|e| {
+            report(&e);
+            Exit::Usage
+        })?;
+        let security = self.security(me).map_err(|e| {
+            report(&e);
+            Exit::Usage
+        })?;
+        Ok((spec, store, security))
+    }
+
+    /// The resume state file of `tool` for these `parts`. A transfer started
+    /// with `--insecure-plaintext` cannot be resumed with encryption on, nor
+    /// the other way round (the peer would refuse its messages): each mode
+    /// keeps its own state.
+    pub fn state_file(&self, tool: &str, parts: &[&str]) -> Option<std::path::PathBuf> {
+        let mut parts = parts.to_vec();
+        if self.insecure_plaintext {
+            parts.push("insecure-plaintext");
+        }
+        dmp_core::state::state_file(tool, &parts)
+    }
+}
+
 /// Prints a key notice (first contact, accepted new key) on stderr, unless
 /// `-q` (then it is logged at info level for `-v`).
 pub fn key_notice(quiet: bool) -> impl FnMut(dmp_core::keys::KeyNotice) {

@@ -69,27 +69,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
-    match cli.common.print_fingerprint(&cli.client) {
-        Ok(true) => return Exit::Ok,
-        Ok(false) => {}
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
+    if let Some(exit) = cli.common.fingerprint_exit(&cli.client) {
+        return exit;
     }
-    let (spec, store) = match cli.common.open_store(&cli.client).await {
+    let (spec, store, security) = match cli.common.setup(&cli.client).await {
         Ok(s) => s,
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
-    };
-    let security = match cli.common.security(&cli.client) {
-        Ok(s) => s,
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let text = !cli.json;
     let quiet = cli.common.quiet;

@@ -31,27 +31,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
-    match cli.common.print_fingerprint(&cli.server) {
-        Ok(true) => return Exit::Ok,
-        Ok(false) => {}
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
+    if let Some(exit) = cli.common.fingerprint_exit(&cli.server) {
+        return exit;
     }
-    let (spec, store) = match cli.common.open_store(&cli.server).await {
+    let (spec, store, security) = match cli.common.setup(&cli.server).await {
         Ok(s) => s,
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
-    };
-    let security = match cli.common.security(&cli.server) {
-        Ok(s) => s,
-        Err(e) => {
-            dmp_cli::report(&e);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     tracing::info!("{} answering pings in {spec}", cli.server);
     let mut opts = ServerOptions::for_store(store.as_ref());
