@@ -276,9 +276,11 @@ fn quota_case(test: &str, send_extra: &[&str], limit: u64) {
     s.assert_clean();
 }
 
+/// The window counts chunk objects: four encrypted 64 KiB chunks, each
+/// with its 60-byte seal.
 #[test]
 fn window_bounds_staged_bytes() {
-    quota_case("window_bounds_staged_bytes", &["-b", "64k", "--window", "4"], 4 * 64 * KIB);
+    quota_case("window_bounds_staged_bytes", &["-b", "64k", "--window", "4"], 4 * (64 * KIB + 60));
 }
 
 #[test]
@@ -293,8 +295,7 @@ fn quota_counts_stored_bytes() {
     quota_case("quota_counts_stored_bytes", &["-b", "64k", "--quota", "192k"], 192 * KIB);
 }
 
-/// A limit below one chunk object (an encrypted chunk is a little larger
-/// than the block) still lets one chunk at a time through.
+/// A window of one lets one chunk object at a time through.
 #[test]
 fn window_1_sends_one_chunk_at_a_time() {
     let s = setup("window_1_sends_one_chunk_at_a_time", "data.bin", 20 * BLOCK + 5);

@@ -68,10 +68,11 @@ fn main() -> ExitCode {
         print!("{failures}");
     }
     eprintln!(
-        "{:.1} s, {:.0} seeds/s on {jobs} threads; {} crashes; {} lossy runs ({} stopped without completing); \
+        "{:.1} s, {:.0} seeds/s on {jobs} threads; {} seeds with encryption on; {} crashes; {} lossy runs ({} stopped without completing); \
          completed runs ended at most {:.0} s after their faults stopped",
         secs,
         totals.seeds as f64 / secs.max(1e-9),
+        totals.secure,
         totals.crashes,
         totals.lossy,
         totals.lossy_incomplete,

@@ -630,14 +630,14 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[i % 36]).collect()
 }
 
-/// The offer and the accept have gone through; chunk 0 and 1 sit in the
-/// store, unread.
+/// The offer and the accept have gone through; a window of chunks (0 to 3)
+/// sits in the store, unread.
 fn chunks_staged(size: usize) -> Transfer {
     let mut t = Transfer::new(pattern(size));
     t.sender(); // offer
     t.receiver(); // accept
-    t.sender(); // chunks 0 and 1
-    assert_eq!(t.objects().keys().copied().collect::<Vec<_>>(), vec![0, 1], "{:?}", t.mem.keys());
+    t.sender(); // chunks 0 to 3
+    assert_eq!(t.objects().keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3], "{:?}", t.mem.keys());
     assert!(t.part.is_empty());
     t
 }

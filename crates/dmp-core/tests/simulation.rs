@@ -168,3 +168,14 @@ fn regression_linger_timeout_leaves_finished_for_the_sender() {
 fn regression_spurious_head_absence_is_not_peer_gone() {
     regression(7371, &["FAULT alice/bob/head reads as absent"]);
 }
+
+/// A restarted receiver that had already finished found, by listing its
+/// outbox, a message written before its crash, and lingered: lingering did
+/// not save the state, so the number stayed unsaved while the acknowledged
+/// message was deleted; restarted again, it wrote `finished` under that
+/// number, which the sender had already taken, and the sender waited
+/// forever. (Found once encryption was simulated: seed 8586.)
+#[test]
+fn regression_lingering_receiver_saves_recovered_numbers() {
+    regression(8586, &["receiver lingers", "FAULT list bob/alice fails", "receiver starts (incarnation 5)"]);
+}

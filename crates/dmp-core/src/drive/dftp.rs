@@ -170,18 +170,9 @@ pub async fn send_file(
         }
     };
     let total = offer.size;
-    let resumed = restored.is_some();
+    // Chunks written just before an interruption still take up quota: the
+    // machine counts them from the listing of my outbox it asks for.
     let mut m = DftpSender::new(me, peer.clone(), cfg, offer, restored, fresh_session(), clock.now());
-    if resumed {
-        // Chunks written just before the interruption still take up quota.
-        let mut found = Vec::new();
-        for n in store.list(&out_dir).await.unwrap_or_default() {
-            if let Some((index, _)) = parse_chunk_object_name(&n).filter(|(i, _)| *i < m.offer().chunks()) {
-                found.push((index, m.offer().chunk_span(index).1));
-            }
-        }
-        m.note_existing_chunks(found);
-    }
     let mut changes = store.changes(m.link().in_dir());
     let mut pace = Pace::for_store(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
@@ -581,7 +572,7 @@ pub async fn receive_file(
         // Let the sender read our last message (finished or refused), then
         // leave nothing behind; but if the sender has not read it yet (a slow
         // sync), leave it for a sender that is still waiting.
-        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, &mut shutdown).await;
+        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, opts.state_file.as_deref(), &mut shutdown).await;
         ops.settle(SETTLE).await;
         if m.link().unacked() == 0 || m.link().peer_gone() {
             cleanup_link_dir(store, m.link().out_dir()).await;
@@ -605,21 +596,30 @@ pub async fn receive_file(
 }
 
 /// Keeps the link going until our messages are acknowledged or the peer
-/// has cleaned up, at most `max`.
+/// has cleaned up, at most `max`. The link's state is still saved when it
+/// asks: a message number it recovered must be on disk before an
+/// acknowledged message is deleted, or a restart would use it again.
 async fn linger(
     ops: &mut OpRunner<'_>,
     m: &mut DftpReceiver,
     clock: &Clock,
     changes: &mut crate::store::Changes,
     max: Duration,
+    state_file: Option<&std::path::Path>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) {
     let until = clock.now() + max;
     let mut pace = Pace::new(Poller::new(Duration::from_millis(20), Duration::from_millis(500)), Duration::ZERO);
     loop {
         for o in m.take_outputs() {
-            if let RecvOut::Op(op) = o {
-                ops.push(op);
+            match o {
+                RecvOut::Op(op) => ops.push(op),
+                RecvOut::Persist => {
+                    if let Some(Err(e)) = state_file.map(|p| state::save(p, &m.snapshot())) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                _ => {}
             }
         }
         if m.link().unacked() == 0 || m.link().peer_gone() || clock.now() >= until {

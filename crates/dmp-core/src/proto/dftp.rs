@@ -40,9 +40,21 @@ pub struct SendConfig {
 }
 
 impl SendConfig {
-    /// Bytes that may be staged at once: min(quota, window × block size).
+    /// Bytes that may be staged at once: min(quota, window × object size),
+    /// where a chunk object is the block plus, on a secure link, its seal
+    /// ([`SEAL_OVERHEAD`] bytes): a window of full chunks always fits.
     pub fn staged_limit(&self) -> u64 {
-        self.quota.min(self.window.saturating_mul(self.block_size))
+        self.quota.min(self.window.saturating_mul(self.block_size.saturating_add(self.seal_overhead())))
+    }
+
+    /// Bytes a chunk object takes beyond its plaintext.
+    pub fn seal_overhead(&self) -> u64 {
+        if self.link.secure { SEAL_OVERHEAD as u64 } else { 0 }
+    }
+
+    /// The smallest quota that holds one full chunk object.
+    pub fn min_quota(&self) -> u64 {
+        self.block_size.saturating_add(self.seal_overhead())
     }
 }
 
@@ -145,9 +157,19 @@ pub struct DftpSender {
     hashed: u64,
     /// After a restart: re-reading `[0, next_index)` to rebuild the hash.
     rehashing: bool,
-    /// Chunk objects found in the store at a restart beyond the resume
-    /// point (written before the crash): counted as staged until published.
+    /// Plaintext: chunk objects found in the store at a restart beyond the
+    /// resume point (written before the crash): index → length, counted as
+    /// staged. The object this run writes for the index has the same name
+    /// (it is named by its content), so it takes the old one's place.
     preexisting: BTreeMap<u64, u64>,
+    /// Secure: chunk objects found in the store at a restart that this run
+    /// does not use: name → bytes, counted as staged. A fresh seal of the
+    /// same chunk gets another name, and a message written just before the
+    /// crash (the link found it) may still name an old one, so they are
+    /// deleted once the receiver has acknowledged every message up to
+    /// `stale_until`, the last one in my outbox at the restart.
+    stale: BTreeMap<String, u64>,
+    stale_until: u64,
     /// Bytes of chunks published by this run.
     pub sent_bytes: u64,
     /// Bytes already acknowledged when this run started (resume point).
@@ -207,7 +229,7 @@ impl DftpSender {
 
     /// Bytes a chunk of `len` takes in the store.
     fn obj_len(&self, len: u64) -> u64 {
-        if self.cfg.link.secure { len + SEAL_OVERHEAD as u64 } else { len }
+        len + self.cfg.seal_overhead()
     }
 
     /// A fresh transfer of `offer`, or a resumed one from `restored`.
@@ -251,6 +273,8 @@ impl DftpSender {
             hashed: 0,
             rehashing: resumed && st.next_index > 0 && st.phase == SendPhase::Sending,
             preexisting: BTreeMap::new(),
+            stale: BTreeMap::new(),
+            stale_until: 0,
             sent_bytes: 0,
             resumed_bytes: 0,
             st,
@@ -296,17 +320,6 @@ impl DftpSender {
         let unacked: u64 = self.st.published.values().map(|p| p.len).sum();
         (self.st.next_index * self.st.offer.block_size).min(self.st.offer.size).saturating_sub(unacked)
     }
-    /// After a restart: chunk objects of mine found in the store, as
-    /// (index, length). Those beyond the resume point count as staged.
-    pub fn note_existing_chunks(&mut self, chunks: impl IntoIterator<Item = (u64, u64)>) {
-        for (index, len) in chunks {
-            let known = self.st.published.values().any(|p| p.index == index);
-            if index >= self.st.next_index && !known && self.preexisting.insert(index, len).is_none() {
-                self.staged += self.obj_len(len);
-            }
-        }
-    }
-
     /// Bytes of chunk objects currently staged in the store.
     pub fn staged_bytes(&self) -> u64 {
         self.staged
@@ -419,7 +432,13 @@ impl DftpSender {
         if let OpResult::Listed(k, Ok(names)) = &res {
             if k == self.link.out_dir() && !self.listed {
                 self.note_leftovers(names.clone());
+                // The link's recovery from this listing counts every message
+                // written before the restart.
+                self.link.on_result(now, res);
+                self.stale_until = self.link.state().next_seq.saturating_sub(1);
                 self.advance(now);
+                self.drain(now);
+                return;
             }
         }
         self.link.on_result(now, res);
@@ -459,6 +478,7 @@ impl DftpSender {
     /// Moves everything forward: rehash after a restart, read ahead within
     /// the quota, hash in order, write chunk objects.
     fn advance(&mut self, now: Duration) {
+        self.drop_stale();
         let chunks = self.st.offer.chunks();
         // Consume ready chunks in order.
         loop {
@@ -585,24 +605,49 @@ impl DftpSender {
         }
     }
 
-    /// The listing of my outbox at start. Chunk objects beyond the resume
-    /// point were written before a crash (as [`Self::note_existing_chunks`]);
-    /// those below it that no unacknowledged chunk uses were acknowledged
-    /// before a crash that lost their delete. All take up quota.
+    /// The listing of my outbox at start: chunk objects left from before a
+    /// restart take up quota until they are used or deleted.
+    ///
+    /// Plaintext: one beyond the resume point was written just before the
+    /// crash, and is the very object this run writes again for its index
+    /// (see `preexisting`); one below it that no unacknowledged chunk uses
+    /// was acknowledged before a crash that lost its delete: deleted now.
+    /// Secure: every one no unacknowledged chunk uses is stale (see `stale`).
     fn note_leftovers(&mut self, names: Vec<String>) {
         self.listed = true;
         let chunks = self.st.offer.chunks();
         for n in names {
             let Some((index, _)) = super::dftp_msg::parse_chunk_object_name(&n) else { continue };
-            let used = self.st.published.values().any(|p| p.object == n);
-            if index >= self.st.next_index && index < chunks {
-                self.note_existing_chunks([(index, self.st.offer.chunk_span(index).1)]);
-            } else if index < self.st.next_index && !used && !self.unstaging.contains_key(&n) {
-                let len = if index < chunks { self.st.offer.chunk_span(index).1 } else { self.st.offer.block_size };
-                let bytes = self.obj_len(len);
+            if self.st.published.values().any(|p| p.object == n)
+                || self.unstaging.contains_key(&n)
+                || self.stale.contains_key(&n)
+            {
+                continue;
+            }
+            let len = if index < chunks { self.st.offer.chunk_span(index).1 } else { self.st.offer.block_size };
+            let bytes = self.obj_len(len);
+            if self.cfg.link.secure {
+                self.staged += bytes;
+                self.stale.insert(n, bytes);
+            } else if index >= self.st.next_index && index < chunks {
+                if self.preexisting.insert(index, len).is_none() {
+                    self.staged += bytes;
+                }
+            } else if index < self.st.next_index {
                 self.staged += bytes;
                 self.unstage(n, bytes);
             }
+        }
+    }
+
+    /// Deletes the stale objects once no message can name them any more.
+    fn drop_stale(&mut self) {
+        if self.stale.is_empty() || self.link.state().acked < self.stale_until {
+            return;
+        }
+        for (name, bytes) in std::mem::take(&mut self.stale) {
+            tracing::debug!("deleting {name}, left from before the restart");
+            self.unstage(name, bytes);
         }
     }
 

@@ -99,7 +99,6 @@ impl Sender {
                 Offer { transfer, name: self.name.clone(), size: self.source.len() as u64, block_size: cfg.block_size }
             }
         };
-        let resumed = restored.is_some();
         let mut m = DftpSender::new(
             self.me.clone(),
             self.peer.clone(),
@@ -109,17 +108,8 @@ impl Sender {
             self.life.fresh_session(now),
             env.now,
         );
-        if resumed {
-            // Chunks written just before the interruption still take up quota.
-            let mut found = Vec::new();
-            if let OpResult::Listed(_, Ok(names)) = store.perform(env, me, Op::List(dir.clone())) {
-                for n in names {
-                    if let Some((index, _)) = parse_chunk_object_name(&n).filter(|(i, _)| *i < m.offer().chunks()) {
-                        found.push((index, m.offer().chunk_span(index).1));
-                    }
-                }
-            }
-            m.note_existing_chunks(found);
+        if let Some(c) = env.crypto(&self.me, &self.peer) {
+            m.set_crypto(now, c);
         }
         self.last = (m.acked_bytes(), m.phase());
         m.wake(env.now);
@@ -292,6 +282,9 @@ impl Receiver {
             self.life.fresh_session(env.now),
             env.now,
         );
+        if let Some(c) = env.crypto(&self.me, &self.peer) {
+            m.set_crypto(env.now, c);
+        }
         self.last = (m.done_bytes(), m.phase());
         m.wake(env.now);
         self.m = Some(m);
@@ -373,8 +366,8 @@ impl Receiver {
                     self.life.ended = true;
                     return None;
                 }
-                // Lingering, the real driver performs store operations only.
-                if self.linger_until.is_some() && !matches!(o, RecvOut::Op(_)) {
+                // Lingering, the real driver performs store operations and saves its state only.
+                if self.linger_until.is_some() && !matches!(o, RecvOut::Op(_) | RecvOut::Persist) {
                     continue;
                 }
                 if env.crash_due() {
@@ -561,6 +554,7 @@ pub(super) fn show_op(op: &Op) -> String {
 
 /// Runs the scenario with sizes and settings drawn from `env.rng`.
 pub(super) fn run(env: &mut Env) -> ScenarioEnd {
+    let secure = env.secure();
     let rng = &mut env.rng;
     let bs_max = 1u64 << rng.u32(0..=16);
     let block_size = rng.u64(1..=bs_max);
@@ -573,14 +567,18 @@ pub(super) fn run(env: &mut Env) -> ScenarioEnd {
         _ => rng.fill(&mut source),
     }
     let window = rng.u64(1..=6);
-    let quota = if rng.bool() { u64::MAX } else { rng.u64(block_size..=block_size * (window + 1)) };
-    let send_cfg = SendConfig { block_size, window, quota, link: link_cfg(rng) };
+    // As the tools insist: a quota holds at least one chunk object.
+    let overhead = if secure { crate::crypto::SEAL_OVERHEAD as u64 } else { 0 };
+    let quota = if rng.bool() { u64::MAX } else { overhead + rng.u64(block_size..=block_size * (window + 1)) };
+    let mut send_cfg = SendConfig { block_size, window, quota, link: link_cfg(rng) };
     // The receiver keeps the tools' link window: with a smaller one, its
     // `finished` can wait behind unacknowledged accepts past the linger
     // (small windows are exercised by the mailbox scenario).
     let recv_link = LinkConfig { window: LinkConfig::default().window, ..link_cfg(rng) };
-    let recv_cfg =
+    let mut recv_cfg =
         RecvConfig { prefetch: rng.usize(1..=6), bad_chunk_timeout: Duration::from_secs(600), link: recv_link };
+    send_cfg.link.secure = secure;
+    recv_cfg.link.secure = secure;
     let name = ["file.bin", "données 1.txt", "a", "report.final.pdf", ".hidden"][rng.usize(..5)].to_string();
     let (a, b) = (PeerId::new("alice").expect("id"), PeerId::new("bob").expect("id"));
     let notify = env.cfg.notify;

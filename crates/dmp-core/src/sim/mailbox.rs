@@ -75,8 +75,11 @@ impl MailNode {
             restored: restored.as_ref().and_then(|s| s.peer_session.map(|p| (p, s.committed))),
             lossy: self.life.lossy,
         });
-        let link =
+        let mut link =
             Link::new(self.me.clone(), self.peer.clone(), self.cfg.clone(), restored, self.life.fresh_session(env.now));
+        if let Some(c) = env.crypto(&self.me, &self.peer) {
+            link.set_crypto(env.now, c);
+        }
         if !self.sessions.contains(&link.state().session) {
             self.sessions.push(link.state().session);
         }
@@ -282,7 +285,7 @@ pub(super) fn run(env: &mut Env) -> ScenarioEnd {
             life,
             me: PeerId::new(me).expect("id"),
             peer: PeerId::new(peer).expect("id"),
-            cfg: link_cfg(&mut env.rng),
+            cfg: LinkConfig { secure: env.secure(), ..link_cfg(&mut env.rng) },
             link: None,
             recovered: false,
             produce_at,
