@@ -734,6 +734,9 @@ fn usage_errors_exit_2_with_one_line() {
         args(&[&RECEIVER, &SENDER, &s.src, &"-b", &"xyz", &"--store", store]),
         args(&[&RECEIVER, &SENDER, &s.src, &"-bs", &"xyz", &"--store", store]),
         args(&[&RECEIVER, &SENDER, &missing, &"--store", store]),
+        // A quota must hold one sealed chunk object: 64 KiB + 60 bytes.
+        args(&[&RECEIVER, &SENDER, &s.src, &"-b", &"64k", &"--quota", &"64k", &"--store", store]),
+        args(&[&RECEIVER, &SENDER, &s.src, &"-b", &"64k", &"--quota", &"1k", &"--store", store]),
     ] {
         usage_error(sb, "dftp-send", a);
     }

@@ -5,7 +5,7 @@ use clap::Parser;
 use dmp_cli::{Common, Exit};
 use dmp_core::PeerId;
 use dmp_core::drive::dftp::{Progress, SendOptions, TransferError, send_file};
-use dmp_core::proto::dftp::{DEFAULT_WINDOW, SendConfig};
+use dmp_core::proto::dftp::{DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW, SendConfig};
 use dmp_core::proto::dftp_msg::MAX_BLOCK_SIZE;
 use dmp_core::size::ByteSize;
 use std::path::PathBuf;
@@ -33,13 +33,16 @@ struct Cli {
     #[arg(value_name = "FILE")]
     file: PathBuf,
     /// Chunk size: bytes with an optional suffix k, m, g (powers of 1024) or KiB/MiB/GiB.
-    /// The original spelling -bs SIZE works too.
-    #[arg(short = 'b', long, value_name = "SIZE", default_value = "4MiB")]
-    block_size: ByteSize,
-    /// Most chunks staged in the store at once.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    window: u64,
-    /// Most bytes staged in the store at once (default: window × block size).
+    /// The original spelling -bs SIZE works too. [default: 4MiB, or block_size
+    /// in the configuration file's [dftp]]
+    #[arg(short = 'b', long, value_name = "SIZE")]
+    block_size: Option<ByteSize>,
+    /// Most chunks staged in the store at once. [default: 4, or window in
+    /// the configuration file]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    window: Option<u64>,
+    /// Most bytes staged in the store at once [default: window × block size,
+    /// or quota in the configuration file].
     #[arg(long, value_name = "SIZE")]
     quota: Option<ByteSize>,
     /// Give up when the receiver shows no progress for this many seconds (default: wait).
@@ -66,25 +69,48 @@ fn args() -> Vec<std::ffi::OsString> {
         .collect()
 }
 
+/// Block size, window and quota: the flags, else the configuration file, else the defaults.
+struct Sizes {
+    block_size: u64,
+    window: u64,
+    quota: Option<u64>,
+}
+
+fn sizes(cli: &Cli) -> anyhow::Result<Sizes> {
+    let conf = &cli.common.config()?.dftp;
+    let block_size = cli.block_size.or(conf.block_size).map_or(DEFAULT_BLOCK_SIZE, |b| b.0);
+    let window = cli.window.or(conf.window).unwrap_or(DEFAULT_WINDOW);
+    let quota = cli.quota.or(conf.quota).map(|q| q.0);
+    if block_size == 0 || block_size > MAX_BLOCK_SIZE {
+        anyhow::bail!("the block size must be between 1 byte and {}", ByteSize(MAX_BLOCK_SIZE));
+    }
+    // A quota holds at least one chunk object: the block, sealed unless plaintext.
+    let seal = if cli.common.insecure_plaintext { 0 } else { dmp_core::crypto::SEAL_OVERHEAD as u64 };
+    if let Some(q) = quota.filter(|q| *q < block_size + seal) {
+        let plus = if seal > 0 { format!(" plus {seal} bytes of seal") } else { String::new() };
+        anyhow::bail!(
+            "the quota ({}) must hold one chunk: the block size ({}){plus}",
+            ByteSize(q),
+            ByteSize(block_size)
+        );
+    }
+    Ok(Sizes { block_size, window, quota })
+}
+
 fn main() -> ExitCode {
     let cli: Cli = dmp_cli::parse_from(args());
     cli.common.init_logging();
-    if cli.block_size.0 == 0 || cli.block_size.0 > MAX_BLOCK_SIZE {
-        eprintln!("error: --block-size must be between 1 byte and {}", ByteSize(MAX_BLOCK_SIZE));
-        return Exit::Usage.into();
-    }
-    if cli.quota.is_some_and(|q| q.0 < cli.block_size.0) {
-        eprintln!(
-            "error: --quota ({}) must be at least the block size ({})",
-            cli.quota.unwrap_or(ByteSize(0)),
-            cli.block_size
-        );
-        return Exit::Usage.into();
-    }
-    dmp_cli::transfer_runtime().block_on(run(cli)).into()
+    let sizes = match sizes(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            dmp_cli::report(&e);
+            return Exit::Usage.into();
+        }
+    };
+    dmp_cli::transfer_runtime().block_on(run(cli, sizes)).into()
 }
 
-async fn run(cli: Cli) -> Exit {
+async fn run(cli: Cli, sizes: Sizes) -> Exit {
     if let Some(exit) = cli.common.fingerprint_exit(&cli.sender) {
         return exit;
     }
@@ -111,9 +137,9 @@ async fn run(cli: Cli) -> Exit {
     let opts = SendOptions {
         file: cli.file.clone(),
         cfg: SendConfig {
-            block_size: cli.block_size.0,
-            window: cli.window,
-            quota: cli.quota.map_or(u64::MAX, |q| q.0),
+            block_size: sizes.block_size,
+            window: sizes.window,
+            quota: sizes.quota.unwrap_or(u64::MAX),
             link: dmp_core::drive::link_config_for(store.as_ref()),
         },
         state_file,

@@ -1,7 +1,10 @@
 //! Command-line plumbing shared by every tool: the common flags, logging
 //! set-up, store selection, signal handling and exit codes.
 
+pub mod config;
+
 use clap::{Args, Parser};
+pub use config::Config;
 use dmp_core::PeerId;
 use dmp_core::store::{DynStore, PeerOutbox, RoutedStore, StoreSpec, default_peers_file, load_peers_file};
 use std::path::PathBuf;
@@ -68,6 +71,15 @@ pub struct Common {
     /// Print this party's key fingerprint and exit.
     #[arg(long)]
     pub fingerprint: bool,
+
+    /// Read settings from FILE [default: ~/.config/dmp/config.toml, or
+    /// config.toml in $DMP_CONFIG_DIR]. Flags and environment variables
+    /// override it.
+    #[arg(long, env = "DMP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[arg(skip)]
+    loaded: std::sync::OnceLock<Config>,
 }
 
 impl Common {
@@ -89,14 +101,33 @@ impl Common {
             .try_init();
     }
 
-    /// The store spec: `--store`, else `DMP_STORE`, else the default.
+    /// The configuration file, read once (see [`config`]).
+    pub fn config(&self) -> anyhow::Result<&Config> {
+        if let Some(c) = self.loaded.get() {
+            return Ok(c);
+        }
+        let c = Config::load(self.config.as_deref())?;
+        if let Some(p) = &c.path {
+            tracing::info!("configuration from {}", p.display());
+        }
+        Ok(self.loaded.get_or_init(|| c))
+    }
+
+    /// The store spec: `--store`, else `DMP_STORE`, else the configuration
+    /// file's `store`, else the default.
     pub fn store_spec(&self) -> anyhow::Result<StoreSpec> {
-        match &self.store {
-            Some(s) => {
+        let config = self.config()?;
+        match (&self.store, &config.store) {
+            (Some(s), _) => {
                 tracing::info!("store: {s} (from --store or DMP_STORE)");
                 Ok(s.clone())
             }
-            None => {
+            (None, Some(s)) => {
+                let file = config.path.as_deref().unwrap_or(std::path::Path::new("the configuration file"));
+                tracing::info!("store: {s} (from {})", file.display());
+                Ok(s.clone())
+            }
+            (None, None) => {
                 let (s, why) = StoreSpec::default_spec()?;
                 tracing::info!("store: {s} ({why})");
                 Ok(s)
@@ -104,21 +135,27 @@ impl Common {
         }
     }
 
-    /// The peers' outboxes read from elsewhere: the peers file's entries,
-    /// then `--peer-outbox` (a later entry for the same id wins). An entry
-    /// of the file for `me` is skipped (one file may list everyone); a
-    /// `--peer-outbox` for `me` is an error: my outbox is `<store>/<me>`.
+    /// The peers' outboxes read from elsewhere: the configuration file's
+    /// `[peers]`, then the peers file's entries, then `--peer-outbox` (a
+    /// later entry for the same id wins). An entry of a file for `me` is
+    /// skipped (one file may list everyone); a `--peer-outbox` for `me` is
+    /// an error: my outbox is `<store>/<me>`.
     pub fn peer_outboxes(&self, me: &PeerId) -> anyhow::Result<Vec<PeerOutbox>> {
         if let Some(f) = self.peers_file.as_ref().filter(|f| !f.exists()) {
             anyhow::bail!("the peers file {} does not exist", f.display());
         }
+        let mut all = self.config()?.peers.clone();
         let file = self.peers_file.clone().or_else(default_peers_file);
-        let mut all = match &file {
+        let listed = match &file {
             Some(f) => load_peers_file(f)?,
             None => Vec::new(),
         };
-        if let Some(f) = file.as_ref().filter(|_| !all.is_empty()) {
-            tracing::info!("{} peer outbox(es) from {}", all.len(), f.display());
+        if let Some(f) = file.as_ref().filter(|_| !listed.is_empty()) {
+            tracing::info!("{} peer outbox(es) from {}", listed.len(), f.display());
+        }
+        for p in listed {
+            all.retain(|q| q.id != p.id);
+            all.push(p);
         }
         all.retain(|p| &p.id != me);
         for p in &self.peer_outbox {
