@@ -57,7 +57,9 @@ async fn run(cli: Cli) -> Exit {
             ServerEvent::NewClient(c) => tracing::info!("watching for pings from {c}"),
             ServerEvent::Answered { client, seq } => tracing::debug!("answered {client} message {seq}"),
             ServerEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
-            ServerEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
+            ServerEvent::StoreError(e) => {
+                tracing::warn!("{e}; retrying with back-off until the store answers again")
+            }
             ServerEvent::Key(n) => dmp_cli::key_notice(cli.common.quiet)(n.clone()),
             ServerEvent::KeyRefused { client, reason } => eprintln!("refusing {client}: {reason}"),
         },
