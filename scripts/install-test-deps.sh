@@ -25,6 +25,11 @@ fi
 if ! command -v curl >/dev/null 2>&1; then
     apt_install curl ca-certificates
 fi
+# systemd-analyze: the unit file test (crates/dmp-ping-server/tests/packaging.rs)
+# runs `systemd-analyze verify` on packaging/systemd/. No init system is needed.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    apt_install systemd
+fi
 # The Debian package starts a system nginx on port 80; the tests never use it.
 if command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now nginx >/dev/null 2>&1 || true

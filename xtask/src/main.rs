@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod sim;
 mod test;
@@ -20,6 +21,8 @@ commands:
   ci                      the same as test (what .ci/run calls)
   demo                    run the main job on a temporary local-folder store:
                           a ping server and client, then a DFTP file transfer
+  dist                    release builds of the four tools with man pages and
+                          bash, zsh and fish completions in target/dist
   bench [--quick] [NAME]  benchmarks in release mode; a Markdown table on
                           stdout and target/bench.json (bench --help lists them)
 ";
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let res = match cmd.as_str() {
         "test" | "ci" => test::run_suite(rest),
         "demo" if rest.is_empty() => demo::run(),
+        "dist" if rest.is_empty() => dist::run(),
         "bench" => bench::run(rest),
         "sim" => return sim::run(rest),
         "fuzz" => fuzz::run(rest),

@@ -19,7 +19,7 @@ use std::time::Duration;
 ///   dftp-receive alice bob ~/Downloads
 ///   dftp-receive alice bob . --overwrite --store ~/Dropbox/dmp --json
 #[derive(Parser, Debug)]
-#[command(version, about, verbatim_doc_comment)]
+#[command(version, about, verbatim_doc_comment, after_help = dmp_cli::TRANSFER_EXIT_CODES)]
 struct Cli {
     /// The sender's peer id.
     #[arg(value_name = "SENDER-ID")]

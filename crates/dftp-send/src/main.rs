@@ -21,7 +21,7 @@ use std::time::Duration;
 ///   dftp-send bob alice big.iso -b 8m --window 8 --store ~/Dropbox/dmp
 ///   dftp-send bob alice big.iso -bs 1k --quota 100m --json
 #[derive(Parser, Debug)]
-#[command(version, about, verbatim_doc_comment)]
+#[command(version, about, verbatim_doc_comment, after_help = dmp_cli::TRANSFER_EXIT_CODES)]
 struct Cli {
     /// The receiver's peer id.
     #[arg(value_name = "RECEIVER-ID")]

@@ -31,6 +31,11 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// The exit codes of dftp-send and dftp-receive, for `--help`.
+pub const TRANSFER_EXIT_CODES: &str = "\
+Exit codes: 0 done and verified; 1 refused, verification failed or timed out;
+2 usage or store error; 130 interrupted (run the same command again to resume).";
+
 /// Flags every tool accepts.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
@@ -97,6 +102,8 @@ impl Common {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            // No colour codes in the journal or a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .try_init();
     }
@@ -293,7 +300,23 @@ pub fn parse<T: Parser>() -> T {
 }
 
 /// [`parse`] for a given argument list.
+///
+/// The hidden `--generate KIND` (see [`GENERATE`]) is handled first, so that
+/// required arguments do not get in its way: it prints the man page or a
+/// shell completion script for `T` on stdout and exits 0 (an unknown KIND
+/// is a usage error). `cargo xtask dist` uses it.
 pub fn parse_from<T: Parser>(args: impl IntoIterator<Item = std::ffi::OsString>) -> T {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    if let Some(kind) = generate_request(&args) {
+        let mut out = std::io::stdout().lock();
+        match generate::<T>(&kind, &mut out) {
+            Ok(()) => std::process::exit(Exit::Ok as i32),
+            Err(e) => {
+                eprintln!("error: {e} (see --help)");
+                std::process::exit(Exit::Usage as i32);
+            }
+        }
+    }
     match T::try_parse_from(args) {
         Ok(t) => t,
         Err(e) => {
@@ -318,6 +341,50 @@ pub fn parse_from<T: Parser>(args: impl IntoIterator<Item = std::ffi::OsString>)
             }
         }
     }
+}
+
+/// What the hidden `--generate` flag of every tool writes: a man page
+/// (roff, for `man 1`) or a completion script for bash, zsh or fish.
+pub const GENERATE: [&str; 4] = ["man", "complete-bash", "complete-zsh", "complete-fish"];
+
+/// The value of `--generate KIND` or `--generate=KIND` among `args` (after
+/// the program name, before a `--`); `Some("")` when the value is missing.
+fn generate_request(args: &[std::ffi::OsString]) -> Option<String> {
+    let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == "--" {
+            return None;
+        }
+        if a == "--generate" {
+            return Some(it.next().map(|v| v.into_owned()).unwrap_or_default());
+        }
+        if let Some(v) = a.strip_prefix("--generate=") {
+            return Some(v.to_owned());
+        }
+    }
+    None
+}
+
+/// Writes what `--generate kind` asks for (see [`GENERATE`]) for the
+/// command line of `T` to `out`.
+pub fn generate<T: clap::CommandFactory>(kind: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
+    use clap_complete::Shell;
+    let mut cmd = T::command();
+    let name = cmd.get_name().to_owned();
+    let shell = match kind {
+        "man" => {
+            return match clap_mangen::Man::new(cmd).render(out) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the man page: {e}")),
+                _ => Ok(()),
+            };
+        }
+        "complete-bash" => Shell::Bash,
+        "complete-zsh" => Shell::Zsh,
+        "complete-fish" => Shell::Fish,
+        other => return Err(format!("--generate {other:?}: expected one of {}", GENERATE.join(", "))),
+    };
+    clap_complete::generate(shell, &mut cmd, name, out);
+    Ok(())
 }
 
 /// Prints `error: ...` for a failure, as one line.

@@ -8,6 +8,11 @@ use dmp_core::proto::ping::{PingConfig, PingEvent};
 use std::process::ExitCode;
 use std::time::Duration;
 
+const AFTER_HELP: &str = "\
+Exit codes: 0 at least one reply came; 1 none did; 2 usage or store error.
+As a monitoring check (Nagios/Icinga: 0 OK, 1 CRITICAL, 2 UNKNOWN):
+  dmp-ping-client bob monitor -c 1 -W 30 -q";
+
 /// Ping a dmp-ping-server through a shared store, like ping(8).
 ///
 /// Examples:
@@ -15,7 +20,7 @@ use std::time::Duration;
 ///   dmp-ping-client bob alice --store ~/Dropbox/dmp -i 0.2 -W 30
 ///   dmp-ping-client bob alice -c 1 -W 20 -q --json
 #[derive(Parser, Debug)]
-#[command(version, about, verbatim_doc_comment)]
+#[command(version, about, verbatim_doc_comment, after_help = AFTER_HELP)]
 struct Cli {
     /// The server's peer id.
     #[arg(value_name = "SERVER-ID")]

@@ -8,18 +8,29 @@ use dmp_core::drive::ServerOptions;
 use dmp_core::proto::ping::ServerEvent;
 use std::process::ExitCode;
 
+const AFTER_HELP: &str = "\
+Exit codes: 0 stopped by SIGINT or SIGTERM (its own files removed); 2 usage
+error, or the store cannot be used at start-up. While running, an outage of
+the store is retried with back-off and logged once; the server keeps going.
+As a service: packaging/systemd/ in the source tree.";
+
 /// Answer pings from any number of dmp-ping-client instances through a
 /// shared store. Runs until SIGINT or SIGTERM, then removes its own files.
 ///
 /// Examples:
 ///   dmp-ping-server bob
 ///   dmp-ping-server bob --store ~/Dropbox/dmp -v
+///   dmp-ping-server bob --store webdav://dav.example.org/dmp --json
 #[derive(Parser, Debug)]
-#[command(version, about, verbatim_doc_comment)]
+#[command(version, about, verbatim_doc_comment, after_help = AFTER_HELP)]
 struct Cli {
     /// This server's peer id.
     #[arg(value_name = "SERVER-ID")]
     server: PeerId,
+    /// At exit, print one JSON object on stdout: server, clients, answered,
+    /// store_outages, seconds.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -48,16 +59,29 @@ async fn run(cli: Cli) -> Exit {
             return Exit::Usage;
         }
     };
+    let started = std::time::Instant::now();
+    let mut clients = std::collections::BTreeSet::new();
+    let (mut answered, mut outages) = (0u64, 0u64);
     let res = dmp_core::drive::run_ping_server(
         store.as_ref(),
         cli.server.clone(),
         opts,
         security,
         |ev| match ev {
-            ServerEvent::NewClient(c) => tracing::info!("watching for pings from {c}"),
-            ServerEvent::Answered { client, seq } => tracing::debug!("answered {client} message {seq}"),
+            ServerEvent::NewClient(c) => {
+                clients.insert(c.clone());
+                tracing::info!("watching for pings from {c}")
+            }
+            ServerEvent::Answered { client, seq } => {
+                answered += 1;
+                tracing::debug!("answered {client} message {seq}")
+            }
             ServerEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
-            ServerEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
+            ServerEvent::StoreError(e) => {
+                // Passed on once per outage.
+                outages += 1;
+                tracing::warn!("{e}; retrying with back-off until the store answers again")
+            }
             ServerEvent::Key(n) => dmp_cli::key_notice(cli.common.quiet)(n.clone()),
             ServerEvent::KeyRefused { client, reason } => eprintln!("refusing {client}: {reason}"),
         },
@@ -67,6 +91,16 @@ async fn run(cli: Cli) -> Exit {
     match res {
         Ok(()) => {
             tracing::info!("stopped; own files removed");
+            if cli.json {
+                let v = serde_json::json!({
+                    "server": cli.server.as_str(),
+                    "clients": clients.len(),
+                    "answered": answered,
+                    "store_outages": outages,
+                    "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                });
+                println!("{v}");
+            }
             Exit::Ok
         }
         Err(e) => {

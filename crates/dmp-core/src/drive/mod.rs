@@ -429,6 +429,15 @@ impl ServerOptions {
 /// With `security`, each client's key is resolved (and pinned on first
 /// contact) once the client has a channel towards this server; a client
 /// whose key changed is refused (logged) and ignored.
+///
+/// The server outlives outages of its store (a sync client restarting, a
+/// share remounting, a WebDAV server restarting): failed operations are
+/// retried with the links' back-off (up to [`LinkConfig::max_backoff`]);
+/// only the first failure of an outage is passed to `on_event`, and its
+/// end is logged. When the store comes back without this server's files
+/// (the folder was removed and recreated, the share remounted empty), the
+/// server starts afresh, as a restarted server would: a new session, its
+/// key published again, a fresh watch on the store.
 pub async fn run_ping_server(
     store: &dyn Store,
     me: PeerId,
@@ -442,27 +451,60 @@ pub async fn run_ping_server(
     // Fail early, with a clear message, if the store cannot be used at all.
     store.list(&Key::root()).await?;
     opts.link.secure = security.is_some();
-    if let Some(sec) = &security {
-        if let Err(e) = sec.publish(store).await {
-            tracing::warn!("cannot publish my key yet: {e}");
-        }
-    }
+    let mut key_published = publish_key(store, &security, true).await;
+    let mut wrote_mine = key_published;
     let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
     let mut key_next: std::collections::BTreeMap<PeerId, (Duration, Duration)> = Default::default();
-    let mut machine = PingServer::new(me.clone(), opts.link, fresh_session()).with_discover_every(opts.discover_every);
-    for c in opts.known_clients {
-        machine.add_client(clock.now(), c);
-    }
+    let new_machine = |now: Duration| {
+        let mut m =
+            PingServer::new(me.clone(), opts.link.clone(), fresh_session()).with_discover_every(opts.discover_every);
+        for c in &opts.known_clients {
+            m.add_client(now, c.clone());
+        }
+        m
+    };
+    let mut machine = new_machine(clock.now());
     let mut changes = store.changes(&Key::root());
     let mut pace = Pace::for_store(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
     let mut last_key_check: Option<Duration> = None;
     let key_check_every = if store.notifies() { Duration::from_millis(100) } else { Duration::from_secs(2) };
+    let mut outage = Outage::default();
+    // My head files written so far: if one is gone, the store lost my files.
+    let mut heads: std::collections::BTreeSet<Key> = Default::default();
+    let mut check_lost = false;
+    let mut rewatch = false;
     loop {
+        if rewatch && wrote_mine {
+            rewatch = false;
+            changes = store.changes(&Key::root());
+        }
+        if std::mem::take(&mut check_lost) && lost_my_files(store, &me, &heads).await {
+            tracing::warn!(
+                "the store lost this server's files (removed and recreated, or remounted?); \
+                 starting afresh with a new session"
+            );
+            ops.settle(SETTLE).await;
+            key_published = publish_key(store, &security, false).await;
+            wrote_mine = key_published;
+            heads.clear();
+            key_next.clear();
+            last_key_check = None;
+            machine = new_machine(clock.now());
+            // A watch on a directory that was replaced sees nothing more:
+            // watch again once the store takes writes (it may still be gone).
+            rewatch = true;
+            pace.activity(clock.now());
+            machine.wake(clock.now());
+        }
         let check_keys = last_key_check.is_none_or(|t| clock.now().saturating_sub(t) >= key_check_every);
         if let (true, Some(sec)) = (check_keys, &security) {
             last_key_check = Some(clock.now());
+            if !key_published {
+                key_published = publish_key(store, &security, false).await;
+                wrote_mine |= key_published;
+            }
             for client in machine.clients_needing_key() {
                 let now = clock.now();
                 // A client whose key is not there yet (or whose outbox cannot
@@ -500,14 +542,47 @@ pub async fn run_ping_server(
             if matches!(ev, ServerEvent::NewClient(_)) {
                 last_key_check = None; // look its key up at once
             }
-            on_event(&ev);
+            match &ev {
+                // Once per outage; the rest only at debug level.
+                ServerEvent::StoreError(e) if outage.reported => tracing::debug!("{e} (still retrying)"),
+                ServerEvent::StoreError(_) => {
+                    outage.reported = true;
+                    on_event(&ev);
+                }
+                ServerEvent::Rejected { key, reason } if outage.since.is_some() => {
+                    tracing::debug!("cannot read {key} yet: {reason}")
+                }
+                _ => on_event(&ev),
+            }
         }
         if active {
             pace.activity(clock.now());
         }
         let until = pace.until(clock.now(), machine.deadline(), &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
-            Woke::Done(res) => machine.on_result(clock.now(), res),
+            Woke::Done(res) => {
+                let now = clock.now();
+                match &res {
+                    OpResult::Put(k, Ok(())) => {
+                        wrote_mine = true;
+                        if k.name() == crate::proto::mailbox::HEAD_NAME {
+                            heads.insert(k.clone());
+                        }
+                    }
+                    // A listing without my directory, after I wrote into it.
+                    OpResult::Listed(k, Ok(names)) if k.is_root() && wrote_mine => {
+                        check_lost |= !names.iter().any(|n| n == me.as_str());
+                    }
+                    _ => {}
+                }
+                if op_failed(&res) {
+                    outage.failed(now);
+                } else if let Some(secs) = outage.ended(now) {
+                    tracing::info!("the store answers again after {secs:.1} s; going on");
+                    check_lost = true;
+                }
+                machine.on_result(now, res)
+            }
             Woke::Wake => {
                 pace.woke(&ops);
                 machine.wake(clock.now());
@@ -529,6 +604,71 @@ pub async fn run_ping_server(
         let _ = crate::keys::unpublish(store, &sec.me).await;
     }
     Ok(())
+}
+
+/// Publishes my key (if any); true when it was written. A failure is
+/// logged as a warning when `loud`, else at debug level (it is retried).
+async fn publish_key(store: &dyn Store, security: &Option<Security>, loud: bool) -> bool {
+    let Some(sec) = security else { return false };
+    match sec.publish(store).await {
+        Ok(()) => true,
+        Err(e) if loud => {
+            tracing::warn!("cannot publish my key yet: {e}");
+            false
+        }
+        Err(e) => {
+            tracing::debug!("cannot publish my key yet: {e}");
+            false
+        }
+    }
+}
+
+/// True when the store's answer to `res` was an error.
+fn op_failed(res: &OpResult) -> bool {
+    match res {
+        OpResult::Listed(_, r) => r.is_err(),
+        OpResult::Got(_, r) => r.is_err(),
+        OpResult::Put(_, r) | OpResult::Deleted(_, r) => r.is_err(),
+    }
+}
+
+/// Whether the store holds none of what this server wrote: its directory
+/// is missing from the root, or one of its head files is. A store that
+/// cannot be asked has not lost anything (yet).
+async fn lost_my_files(store: &dyn Store, me: &PeerId, heads: &std::collections::BTreeSet<Key>) -> bool {
+    if let Ok(names) = store.list(&Key::root()).await {
+        if !names.iter().any(|n| n == me.as_str()) {
+            return true;
+        }
+    }
+    for k in heads {
+        if let Ok(None) = store.get(k, crate::wire::MAX_ENVELOPE_LEN as u64).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// A run of failed store operations, from the first failure to the first
+/// success after it.
+#[derive(Default)]
+struct Outage {
+    since: Option<Duration>,
+    /// The first failure was passed on.
+    reported: bool,
+}
+
+impl Outage {
+    fn failed(&mut self, now: Duration) {
+        self.since.get_or_insert(now);
+    }
+
+    /// A success: the outage's length in seconds, if one was under way.
+    fn ended(&mut self, now: Duration) -> Option<f64> {
+        let since = self.since.take()?;
+        self.reported = false;
+        Some(now.saturating_sub(since).as_secs_f64())
+    }
 }
 
 pub mod dftp;
