@@ -359,9 +359,32 @@ struct Target {
     overwrite: bool,
     file: Option<File>,
     offer: Option<Offer>,
+    /// Bytes written since the last background flush started.
+    unflushed: u64,
+    /// A background `fdatasync` of the temporary file: it writes the data
+    /// to disk while the transfer goes on, so the final fsync has little
+    /// left to do (on its own it took 0.12 s of a 0.7 s, 256 MiB transfer).
+    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Start a background flush after this many bytes written.
+const FLUSH_EVERY: u64 = 32 << 20;
+
 impl Target {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        let f = self.file.as_ref().ok_or("no open file")?;
+        f.write_all_at(data, offset).map_err(|e| e.to_string())?;
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= FLUSH_EVERY && self.flusher.as_ref().is_none_or(|h| h.is_finished()) {
+            if let Ok(clone) = f.try_clone() {
+                self.unflushed = 0;
+                // Errors show again, and fail the transfer, in the final fsync.
+                self.flusher = Some(std::thread::spawn(move || drop(clone.sync_data())));
+            }
+        }
+        Ok(())
+    }
+
     fn prepare(&mut self, offer: &Offer, resume: bool) -> Result<(), String> {
         let final_path = self.dir.join(&offer.name);
         let tmp = temp_path(&self.dir, offer);
@@ -403,6 +426,9 @@ impl Target {
     fn finalize(&mut self) -> Result<PathBuf, String> {
         let offer = self.offer.clone().ok_or("no transfer")?;
         let f = self.file.take().ok_or("no open file")?;
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
         f.set_len(offer.size).map_err(|e| e.to_string())?;
         f.sync_all().map_err(|e| format!("fsync: {e}"))?;
         drop(f);
@@ -454,7 +480,14 @@ pub async fn receive_file(
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    let mut target = Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None };
+    let mut target = Target {
+        dir: opts.dir.clone(),
+        overwrite: opts.overwrite,
+        file: None,
+        offer: None,
+        unflushed: 0,
+        flusher: None,
+    };
     let mut cfg = opts.cfg.clone();
     cfg.link.secure = opts.security.is_some();
     if let Some(sec) = &opts.security {
@@ -506,10 +539,7 @@ pub async fn receive_file(
                         m.on_prepared(now, r);
                     }
                     RecvOut::Write { index, offset, data } => {
-                        let r = match &target.file {
-                            Some(f) => f.write_all_at(&data, offset).map_err(|e| e.to_string()),
-                            None => Err("no open file".into()),
-                        };
+                        let r = target.write(offset, &data);
                         m.on_written(now, index, r);
                     }
                     RecvOut::ReadBack { offset, len } => {

@@ -12,6 +12,7 @@
 //! and on `done` compares, syncs and renames into place.
 
 use super::dftp_msg::{ChunkMsg, DoneMsg, Offer, Reply, check_file_name, chunk_object_name, is_sha256_hex};
+use super::hash::FileHasher;
 use super::mailbox::{Link, LinkConfig, LinkState, Op, OpResult, Output};
 use crate::crypto::{INFO_CHUNK, PeerCrypto, SEAL_OVERHEAD};
 use crate::id::PeerId;
@@ -19,7 +20,6 @@ use crate::store::{Key, StoreError};
 use crate::wire::{Envelope, Kind, sha256_hex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -152,7 +152,7 @@ pub struct DftpSender {
     /// Chunks read, waiting in order to be hashed/published.
     ready: BTreeMap<u64, Bytes>,
     reading: u64,
-    hasher: Sha256,
+    hasher: FileHasher,
     /// Chunk index the whole-file hasher has reached.
     hashed: u64,
     /// After a restart: re-reading `[0, next_index)` to rebuild the hash.
@@ -269,7 +269,7 @@ impl DftpSender {
             put_fails: 0,
             ready: BTreeMap::new(),
             reading: 0,
-            hasher: Sha256::new(),
+            hasher: FileHasher::new(),
             hashed: 0,
             rehashing: resumed && st.next_index > 0 && st.phase == SendPhase::Sending,
             preexisting: BTreeMap::new(),
@@ -485,7 +485,7 @@ impl DftpSender {
             let Some(data) = self.ready.remove(&self.hashed) else { break };
             let idx = self.hashed;
             if self.rehashing {
-                self.hasher.update(&data);
+                self.hasher.update(data);
                 self.hashed += 1;
                 if self.hashed >= self.st.next_index {
                     self.rehashing = false;
@@ -497,7 +497,7 @@ impl DftpSender {
                 self.ready.insert(idx, data);
                 break;
             }
-            self.hasher.update(&data);
+            self.hasher.update(data.clone());
             self.hashed += 1;
             let data = match &self.crypto {
                 Some(c) => {
@@ -547,7 +547,7 @@ impl DftpSender {
             && self.stored.is_empty()
             && self.st.phase == SendPhase::Sending
         {
-            self.st.file_sha256 = Some(hex::encode(self.hasher.clone().finalize()));
+            self.st.file_sha256 = Some(self.hasher.finish());
             self.st.phase = SendPhase::DoneSent;
             self.send_done(now);
         }
@@ -830,7 +830,7 @@ pub struct DftpReceiver {
     st: ReceiverState,
     /// Delivered messages not yet committed, in order.
     queue: VecDeque<(u64, Item)>,
-    hasher: Sha256,
+    hasher: FileHasher,
     /// Rebuilding the hash after a restart: next chunk to read back.
     rehash_next: Option<u64>,
     /// The offer awaiting `on_prepared`, with the sequence number of its message.
@@ -870,7 +870,7 @@ impl DftpReceiver {
             link,
             st,
             queue: VecDeque::new(),
-            hasher: Sha256::new(),
+            hasher: FileHasher::new(),
             rehash_next: None,
             preparing: None,
             finalizing: false,
@@ -1000,7 +1000,7 @@ impl DftpReceiver {
                 self.st.phase = RecvPhase::Receiving;
                 self.st.offer = Some(offer.clone());
                 self.st.next_index = 0;
-                self.hasher = Sha256::new();
+                self.hasher = FileHasher::new();
                 self.send_reply(now, Kind::Accept, &offer.transfer, None, None);
                 self.link.commit(now, seq);
                 self.pop_committed(seq);
@@ -1036,8 +1036,8 @@ impl DftpReceiver {
         match res {
             Ok(()) => {
                 let data = data.take().expect("written chunk has data");
-                self.hasher.update(&data);
                 self.written_bytes += data.len() as u64;
+                self.hasher.update(data);
                 self.st.next_index = index + 1;
                 let seq = *seq;
                 self.queue.pop_front();
@@ -1057,7 +1057,7 @@ impl DftpReceiver {
         let Some(i) = self.rehash_next else { return };
         match res {
             Ok(data) => {
-                self.hasher.update(&data);
+                self.hasher.update(data);
                 let next = i + 1;
                 self.rehash_next = (next < self.st.next_index).then_some(next);
                 if let Some(n) = self.rehash_next {
@@ -1361,7 +1361,7 @@ impl DftpReceiver {
                         self.fail(now, m);
                         return;
                     }
-                    let ours = hex::encode(self.hasher.clone().finalize());
+                    let ours = self.hasher.finish();
                     if ours != done.sha256 {
                         let theirs = done.sha256.clone();
                         let offer = self.st.offer.clone().expect("receiving");

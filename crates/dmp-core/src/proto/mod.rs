@@ -4,5 +4,6 @@
 
 pub mod dftp;
 pub mod dftp_msg;
+pub mod hash;
 pub mod mailbox;
 pub mod ping;
