@@ -1,0 +1,191 @@
+//! Real processes, real faults: 20 SIGKILLs at seeded random moments of one
+//! transfer over a folder store, alternating sender and receiver; each
+//! killed tool is started again with the same command line. The file must
+//! arrive byte-identical, the store and the state directory must be clean,
+//! and the test prints how many bytes were published again.
+//!
+//! Re-sent bytes are counted two ways: the final sender run's own report
+//! (`resumed_bytes`, `sent_bytes`), and a watcher that notes every chunk
+//! object that appears in the sender's outbox by (name, inode): the folder
+//! store publishes by rename, so a chunk written again shows up under its
+//! old name with a new inode. The watcher polls, so its count is a lower
+//! bound (a chunk written and deleted between two looks is missed).
+//!
+//! `DMP_TEST_SEED` replays a run.
+
+use dmp_testkit::{Proc, Sandbox, TIMEOUT, entries, file_len, files_under, random_file, sha256_file, wait_until};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+const SIZE: u64 = 48 * MIB;
+const BLOCK: u64 = 256 * KIB;
+const KILLS: usize = 20;
+
+fn part_len(dir: &Path) -> u64 {
+    dmp_testkit::find_file(dir, |n| n.starts_with(".dftp-") && n.ends_with(".part"))
+        .and_then(|p| file_len(&p))
+        .unwrap_or(0)
+}
+
+/// Every (chunk object name, inode) seen in `dir` until stopped.
+struct ChunkWatcher {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<BTreeMap<String, BTreeSet<u64>>>>,
+}
+
+impl ChunkWatcher {
+    fn start(dir: PathBuf) -> ChunkWatcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+            while !flag.load(Ordering::Relaxed) {
+                for ent in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = ent.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".chunk") {
+                        if let Ok(m) = ent.metadata() {
+                            seen.entry(name).or_default().insert(m.ino());
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            seen
+        });
+        ChunkWatcher { stop, handle: Some(handle) }
+    }
+
+    fn finish(mut self) -> BTreeMap<String, BTreeSet<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().expect("running").join().expect("watcher")
+    }
+}
+
+impl Drop for ChunkWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn twenty_sigkills_alternating_sender_and_receiver() {
+    let started = Instant::now();
+    let seed = dmp_testkit::seed("twenty_sigkills_alternating_sender_and_receiver");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let sb = Sandbox::new();
+    let src = sb.mkdir("src").join("big.bin");
+    random_file(&src, SIZE, seed);
+    let want = sha256_file(&src);
+    let dir = sb.mkdir("dl");
+    let store = sb.store.clone();
+    let send_args: Vec<OsString> = ["bob", "alice"]
+        .iter()
+        .map(OsString::from)
+        .chain([src.clone().into_os_string()])
+        .chain(["-b", "256k", "--json", "--store"].iter().map(OsString::from))
+        .chain([store.clone().into_os_string()])
+        .collect();
+    let recv_args: Vec<OsString> = ["alice", "bob"]
+        .iter()
+        .map(OsString::from)
+        .chain([dir.clone().into_os_string()])
+        .chain(["--json", "--store"].iter().map(OsString::from))
+        .chain([store.into_os_string()])
+        .collect();
+    let watcher = ChunkWatcher::start(sb.outbox("alice", "bob"));
+
+    let mut send: Proc = sb.spawn("dftp-send", &send_args);
+    let mut recv: Proc = sb.spawn("dftp-receive", &recv_args);
+    // The kill points: after a random amount of progress since the last
+    // restart (up to 2 MiB, so that 20 kills fit in the file even after
+    // re-sends), or after a random time (0-300 ms: start-up, key and
+    // state loading, re-hashing the prefix).
+    let mut at_kill = Vec::new();
+    for k in 0..KILLS {
+        let sender = k % 2 == 0;
+        let by_time = rng.u8(..4) == 0;
+        let grow = rng.u64(16 * KIB..=2 * MIB);
+        let delay = Duration::from_millis(rng.u64(0..300));
+        let from = part_len(&dir);
+        let t0 = Instant::now();
+        wait_until(TIMEOUT, "the moment of the next kill", || {
+            if by_time { t0.elapsed() >= delay } else { part_len(&dir) >= from + grow }
+        });
+        let victim = if sender { &mut send } else { &mut recv };
+        victim.signal("STOP");
+        let at = part_len(&dir);
+        assert!(
+            victim.is_running(),
+            "kill {k}: {} ended before it was killed; the file is too small for {KILLS} kills\n{}",
+            victim.label(),
+            victim.stderr_so_far()
+        );
+        assert!(at < SIZE, "kill {k}: the receiver already had the whole file");
+        let how = if by_time { format!("{} ms after start", delay.as_millis()) } else { format!("+{grow} B") };
+        at_kill.push(format!("{}{}@{}KiB({how})", k + 1, if sender { "S" } else { "R" }, at / KIB));
+        // Replace the killed process with a new one (dropping the old
+        // guard SIGKILLs and reaps it).
+        if sender {
+            let old = std::mem::replace(&mut send, sb.spawn("dftp-send", &send_args));
+            let f = old.kill();
+            assert_eq!(f.signal, Some(9), "{}", f.describe());
+        } else {
+            let old = std::mem::replace(&mut recv, sb.spawn("dftp-receive", &recv_args));
+            let f = old.kill();
+            assert_eq!(f.signal, Some(9), "{}", f.describe());
+        }
+    }
+    eprintln!("kills (S sender, R receiver, at the receiver's bytes): {}", at_kill.join(" "));
+    let snd = send.wait();
+    let r = recv.wait();
+    snd.expect_ok();
+    r.expect_ok();
+    let seen = watcher.finish();
+
+    // Byte-identical, nothing else in DIR, the store and the state clean.
+    assert_eq!(entries(&dir), vec!["big.bin".to_owned()], "DIR holds the file and nothing else");
+    assert_eq!(sha256_file(&dir.join("big.bin")), want, "SHA-256 of what arrived");
+    for (a, b) in [("alice", "bob"), ("bob", "alice")] {
+        let left = files_under(&sb.outbox(a, b));
+        assert!(left.is_empty(), "files left in the store under {a}/{b}: {left:?}");
+    }
+    assert_eq!(files_under(&sb.state), Vec::<PathBuf>::new(), "state files left after success");
+
+    let sj: serde_json::Value = serde_json::from_str(snd.stdout.trim()).expect("sender JSON");
+    let rj: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("receiver JSON");
+    assert_eq!(sj["sha256"], want.as_str());
+    assert_eq!(rj["sha256"], want.as_str());
+    let (resumed, published) = (sj["resumed_bytes"].as_u64().unwrap(), sj["sent_bytes"].as_u64().unwrap());
+    let final_resent = (resumed + published).saturating_sub(SIZE);
+    let chunks = SIZE.div_ceil(BLOCK);
+    let writes: u64 = seen.values().map(|s| s.len() as u64).sum();
+    let rewritten = writes.saturating_sub(seen.len() as u64);
+    eprintln!(
+        "SIGKILLs survived: {KILLS} of {KILLS} ({} sender, {} receiver); {SIZE} bytes byte-identical in {:.1} s",
+        KILLS.div_ceil(2),
+        KILLS / 2,
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "final sender run: resumed at {resumed} bytes; this run published {published} bytes ({final_resent} re-sent); \
+         final receiver run wrote {} bytes",
+        rj["written_bytes"]
+    );
+    eprintln!(
+        "chunk objects seen: {} distinct of {chunks}, {writes} writes observed: at least {rewritten} chunks \
+         ({} bytes) published again over all runs",
+        seen.len(),
+        rewritten * BLOCK
+    );
+    assert!(published < SIZE, "the last sender run resumed instead of sending everything: {sj}");
+}
