@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod sim;
+mod soak;
 mod test;
 mod util;
 
@@ -26,7 +27,7 @@ commands:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = format!("{USAGE}{}\n{}", sim::USAGE, fuzz::USAGE);
+    let usage = format!("{USAGE}{}\n{}\n{}", sim::USAGE, fuzz::USAGE, soak::USAGE);
     let Some(cmd) = args.first() else {
         eprintln!("{usage}");
         return ExitCode::from(2);
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "sim" => return sim::run(rest),
         "fuzz" => fuzz::run(rest),
+        "soak" => soak::run_soak(rest),
         "-h" | "--help" | "help" => {
             println!("{usage}");
             return ExitCode::SUCCESS;
