@@ -61,6 +61,9 @@ struct Ctx {
     a2b: PeerCrypto,
     /// The bytes of the file a planted transfer carries.
     data: Vec<u8>,
+    /// Its sealed chunk objects (name, digest, bytes), sealed once: every
+    /// seal draws a fresh nonce, so sealing again names another object.
+    chunks: Vec<(String, String, Vec<u8>)>,
 }
 
 const CANARY: &[u8] = b"canary: nothing may touch this file\n";
@@ -78,7 +81,18 @@ impl Ctx {
         let a2b = PeerCrypto::new(alice, bob.public().clone(), os_rng());
         let mut data = vec![0u8; SIZE as usize];
         fastrand::Rng::with_seed(7).fill(&mut data);
-        Ctx { sb, dir, outer, victim, a2b, data }
+        let chunks = (0..SIZE.div_ceil(BLOCK))
+            .map(|index| {
+                let off = index * BLOCK;
+                let len = BLOCK.min(SIZE - off);
+                let plain = &data[off as usize..(off + len) as usize];
+                let aad = chunk_aad(&peer(SENDER), &peer(RECEIVER), TRANSFER, index, len);
+                let obj = a2b.seal(INFO_CHUNK, &aad, plain);
+                let digest = object_digest(&obj, true);
+                (chunk_object_name(index, &digest), digest, obj)
+            })
+            .collect();
+        Ctx { sb, dir, outer, victim, a2b, data, chunks }
     }
 
     /// alice's outbox towards bob.
@@ -136,13 +150,7 @@ impl Ctx {
     /// The sealed chunk object of chunk `index` of the planted file, its
     /// name and digest (not written).
     fn chunk_object(&self, index: u64) -> (String, String, Vec<u8>) {
-        let off = index * BLOCK;
-        let len = BLOCK.min(SIZE - off);
-        let plain = &self.data[off as usize..(off + len) as usize];
-        let aad = chunk_aad(&peer(SENDER), &peer(RECEIVER), TRANSFER, index, len);
-        let obj = self.a2b.seal(INFO_CHUNK, &aad, plain);
-        let digest = object_digest(&obj, true);
-        (chunk_object_name(index, &digest), digest, obj)
+        self.chunks[index as usize].clone()
     }
 
     /// The chunk message for chunk `index` as a correct sender would write it.
@@ -685,7 +693,7 @@ fn cases() -> Vec<Case> {
             put_file(&c.a2b_dir(), &name0, &obj1);
             c.msg(2, Kind::Chunk, json(&c.chunk_msg(0)));
         }),
-        plant("done_with_a_wrong_file_hash", Error(""), |c| {
+        plant("done_with_a_wrong_file_hash", Error("sha-256 mismatch"), |c| {
             c.offer();
             for i in 0..3 {
                 c.put_chunk(i);
