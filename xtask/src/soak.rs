@@ -1,7 +1,8 @@
 //! `cargo xtask soak`: the long runs of the "real processes, real faults"
 //! tests, in release mode: a transfer of 1 GiB (default) through the
 //! fault-injecting proxy in front of nginx WebDAV
-//! (`crates/dftp-send/tests/fault_proxy.rs`), then the 20-SIGKILL test.
+//! (`crates/dftp-send/tests/fault_proxy.rs`), then the 20-SIGKILL test on
+//! a 256 MiB file (release builds are fast).
 //! Servers are required (a missing nginx fails instead of skipping).
 
 use crate::util::{build_release_tools, cargo, heading, run};
@@ -36,7 +37,8 @@ pub fn run_soak(args: &[String]) -> Result<()> {
     run(
         cargo()
             .args(["test", "--release", "-p", "dftp-receive", "--test", "kill_restart", "--", "--nocapture"])
-            .env("DMP_BIN_DIR", &bin_dir),
+            .env("DMP_BIN_DIR", &bin_dir)
+            .env("DMP_KILL_TEST_MIB", "256"),
         "the kill test",
     )?;
     Ok(())
