@@ -9,6 +9,8 @@
 //!   clear line, and never accept anything that was not sealed by alice.
 //! - `live` cases plant junk, then run a real transfer beside it: it must
 //!   complete byte-identical (or, where noted, fail with one clear line).
+//! - `ping` cases plant junk where a ping server looks for clients (the
+//!   store root, client outboxes), then ping it twice: both succeed.
 //! - `cli` cases run a tool with a bad command line: exit 2, one line.
 //!
 //! Every case also asserts: no panic (exit code not 101, no "panicked"),
@@ -261,6 +263,9 @@ enum Kind2 {
     Live(fn(&Ctx)),
     /// A tool and its arguments (after the tool name).
     Cli(&'static str, fn(&Ctx) -> Vec<OsString>),
+    /// Plant, then run a ping server (bob, which lists the store root for
+    /// clients) and a client (alice) pinging it twice.
+    Ping(fn(&Ctx)),
 }
 
 struct Case {
@@ -274,6 +279,9 @@ fn plant(name: &'static str, expect: Expect, f: fn(&Ctx)) -> Case {
 }
 fn live(name: &'static str, expect: Expect, f: fn(&Ctx)) -> Case {
     Case { name, what: Kind2::Live(f), expect }
+}
+fn ping(name: &'static str, f: fn(&Ctx)) -> Case {
+    Case { name, what: Kind2::Ping(f), expect: Expect::Completes }
 }
 fn cli(name: &'static str, tool: &'static str, expect: &'static str, f: fn(&Ctx) -> Vec<OsString>) -> Case {
     Case { name, what: Kind2::Cli(tool, f), expect: Expect::Usage(expect) }
@@ -295,6 +303,13 @@ fn send_cli(c: &Ctx, extra: &[&str]) -> Vec<OsString> {
 /// `SENDER RECEIVER DIR --store STORE` plus `extra`, for dftp-receive.
 fn recv_cli(c: &Ctx, extra: &[&str]) -> Vec<OsString> {
     let mut v = vec![SENDER.into(), RECEIVER.into(), c.dir.clone().into(), "--store".into(), c.sb.store.clone().into()];
+    v.extend(os(extra));
+    v
+}
+
+/// `bob alice --store STORE` plus `extra`, for dmp-ping-client.
+fn ping_cli(c: &Ctx, extra: &[&str]) -> Vec<OsString> {
+    let mut v = vec![RECEIVER.into(), SENDER.into(), "--store".into(), c.sb.store.clone().into()];
     v.extend(os(extra));
     v
 }
@@ -814,7 +829,44 @@ fn cases() -> Vec<Case> {
                 put_file(&c.sb.outbox(a, b), &msg_name(1, 2), &[0u8; 200]);
             }
         }),
+        // ---- junk where a ping server looks for clients (the store root) ----
+        ping("ping_server_root_with_hostile_names", |c| {
+            for n in ["Bad\u{1b}[31m", "..", "...", ".hidden", "line\nbreak", "\u{202e}evil", "CON", "x y"] {
+                let _ = std::fs::create_dir_all(c.store(n).join(RECEIVER));
+            }
+            std::fs::create_dir_all(c.store(&"a".repeat(65)).join(RECEIVER)).expect("dir");
+            std::fs::create_dir_all(c.store(&"\u{e9}".repeat(100))).expect("dir");
+        }),
+        ping("ping_server_root_with_files_and_symlinks_for_peers", |c| {
+            std::fs::write(c.store("carol"), b"a file where a peer directory should be").expect("write");
+            symlink(&c.victim, &c.store("dave"));
+            std::fs::create_dir_all(c.store("erin")).expect("dir");
+            std::fs::write(c.store("erin/bob"), b"a file where an outbox should be").expect("write");
+            symlink(&c.victim, &c.store("frank/bob"));
+            mkfifo(&c.store("gina"));
+        }),
+        ping("ping_server_with_a_hostile_client_outbox", |c| {
+            put_file(&c.store("mallory/bob"), "head", b"\x89DMPgarbage");
+            put_file(&c.store("mallory/bob"), &msg_name(1, 1), &[0xffu8; 300]);
+            put_file(&c.store("mallory"), KEY_FILE, b"{\"v\":1,\"id\":\"mallory\",\"x25519\":\"00\"}");
+            mkfifo(&c.store("trudy/bob/head"));
+        }),
+        ping("ping_server_with_many_client_directories", |c| {
+            for i in 0..300 {
+                std::fs::create_dir_all(c.store(&format!("client-{i}")).join(RECEIVER)).expect("dir");
+            }
+        }),
         // ---- command lines ----
+        cli("ping_client_count_words", "dmp-ping-client", "", |c| ping_cli(c, &["-c", "many"])),
+        cli("ping_client_interval_negative", "dmp-ping-client", "", |c| ping_cli(c, &["-i", "-1"])),
+        cli("ping_client_interval_nan", "dmp-ping-client", "", |c| ping_cli(c, &["-i", "NaN"])),
+        cli("ping_client_wait_zero", "dmp-ping-client", "", |c| ping_cli(c, &["-W", "0"])),
+        cli("ping_client_server_id_traversal", "dmp-ping-client", "", |c| {
+            vec!["../bob".into(), SENDER.into(), "--store".into(), c.sb.store.clone().into()]
+        }),
+        cli("ping_server_id_upper_case", "dmp-ping-server", "", |c| {
+            vec!["BOB".into(), "--store".into(), c.sb.store.clone().into()]
+        }),
         cli("send_receiver_id_upper_case", "dftp-send", "", |c| with_ids(c, "send", "Bob", SENDER)),
         cli("send_sender_id_traversal", "dftp-send", "", |c| with_ids(c, "send", RECEIVER, "../alice")),
         cli("send_sender_id_empty", "dftp-send", "", |c| with_ids(c, "send", RECEIVER, "")),
@@ -947,7 +999,7 @@ fn run_case(case: &Case) -> Result<String, String> {
     // What the store and the sandbox hold before the tools run (the
     // planting included): afterwards, only the tools' own places may differ.
     let plant_fn = match case.what {
-        Kind2::Plant(f) | Kind2::Live(f) => Some(f),
+        Kind2::Plant(f) | Kind2::Live(f) | Kind2::Ping(f) => Some(f),
         Kind2::Cli(..) => None,
     };
     if let Some(f) = plant_fn {
@@ -996,6 +1048,38 @@ fn run_case(case: &Case) -> Result<String, String> {
             let f = c.sb.run(tool, &cli_args);
             (judge(&f, expect), &[])
         }
+        (Kind2::Ping(_), expect) => {
+            let store: OsString = c.sb.store.clone().into();
+            let mut srv =
+                c.sb.spawn("dmp-ping-server", [RECEIVER.into(), "--store".into(), store.clone(), "-q".into()]);
+            let cl = c.sb.run(
+                "dmp-ping-client",
+                [
+                    RECEIVER.into(),
+                    SENDER.into(),
+                    "-c".into(),
+                    "2".into(),
+                    "-i".into(),
+                    "0.2".into(),
+                    "-W".into(),
+                    "20".into(),
+                    "--store".into(),
+                    store,
+                ],
+            );
+            srv.signal("TERM");
+            let sv = srv.wait();
+            let replies = cl.stdout.lines().filter(|l| l.starts_with("reply from bob")).count();
+            let res = judge(&cl, expect).and_then(|a| judge(&sv, expect).map(|b| format!("{a}; {b}")));
+            let res = res.and_then(|m| {
+                if replies == 2 {
+                    Ok(format!("{m}; {replies} replies"))
+                } else {
+                    Err(format!("{replies} replies\n{}", cl.describe()))
+                }
+            });
+            (res, &["store/alice", "store/bob"])
+        }
     };
     let outcome = outcome?;
     // Nothing outside DIR, the writers' outboxes, state, config and logs changed.
@@ -1025,6 +1109,7 @@ fn run_case(case: &Case) -> Result<String, String> {
     // DIR: the received file, or at most the receiver's partial file.
     let in_dir = entries(&c.dir);
     let ok_dir = match case.expect {
+        _ if matches!(case.what, Kind2::Ping(_)) => in_dir.is_empty(),
         Expect::Completes => in_dir == vec!["small.bin".to_owned()],
         _ => in_dir.iter().all(|n| n.starts_with(".dftp-") && n.ends_with(".part")) || planted_in_dir(case.name),
     };
@@ -1117,11 +1202,12 @@ fn hostile_corpus() {
     }
     let count = |f: fn(&Kind2) -> bool| todo.iter().filter(|c| f(&c.what)).count();
     eprintln!(
-        "hostile inputs tried: {} ({} planted store contents, {} beside a live transfer, {} command lines); \
-         {failed} failed; {:.1} s",
+        "hostile inputs tried: {} ({} planted store contents, {} beside a live transfer, {} beside a ping \
+         server, {} command lines); {failed} failed; {:.1} s",
         results.len(),
         count(|k| matches!(k, Kind2::Plant(_))),
         count(|k| matches!(k, Kind2::Live(_))),
+        count(|k| matches!(k, Kind2::Ping(_))),
         count(|k| matches!(k, Kind2::Cli(..))),
         started.elapsed().as_secs_f64()
     );
