@@ -158,7 +158,7 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
             assert!(said.contains("the store is full"), "neither side says the store is full:\n{said}");
             // Regression: log lines on a pipe or in a file carried ANSI colour codes.
             assert!(!said.contains('\u{1b}'), "escape sequences in logs written to a file:\n{said:?}");
-            let last = |s: String| s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("(nothing)").to_owned();
+            let last = |s: String| s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("(nothing)").to_owned();
             eprintln!(
                 "{test}: the sender waits at {at} bytes received; its last line: {}; the receiver's: {}",
                 last(send.stderr_so_far()),
