@@ -6,6 +6,7 @@ mod demo;
 mod dist;
 mod fuzz;
 mod sim;
+mod soak;
 mod test;
 mod util;
 
@@ -29,7 +30,7 @@ commands:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = format!("{USAGE}{}\n{}", sim::USAGE, fuzz::USAGE);
+    let usage = format!("{USAGE}{}\n{}\n{}", sim::USAGE, fuzz::USAGE, soak::USAGE);
     let Some(cmd) = args.first() else {
         eprintln!("{usage}");
         return ExitCode::from(2);
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "sim" => return sim::run(rest),
         "fuzz" => fuzz::run(rest),
+        "soak" => soak::run_soak(rest),
         "-h" | "--help" | "help" => {
             println!("{usage}");
             return ExitCode::SUCCESS;

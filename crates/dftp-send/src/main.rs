@@ -6,7 +6,7 @@ use dmp_cli::{Common, Exit};
 use dmp_core::PeerId;
 use dmp_core::drive::dftp::{Progress, SendOptions, TransferError, send_file};
 use dmp_core::proto::dftp::{DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW, SendConfig};
-use dmp_core::proto::dftp_msg::MAX_BLOCK_SIZE;
+use dmp_core::proto::dftp_msg::{MAX_BLOCK_SIZE, check_file_name};
 use dmp_core::size::ByteSize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +97,15 @@ fn sizes(cli: &Cli) -> anyhow::Result<Sizes> {
     Ok(Sizes { block_size, window, quota })
 }
 
+/// A path for a message: as it is, or quoted and escaped when it holds
+/// control or escape characters (a terminal would obey them) or is not UTF-8.
+fn shown(p: &std::path::Path) -> String {
+    match p.to_str() {
+        Some(s) if !s.chars().any(char::is_control) => s.to_owned(),
+        _ => format!("{p:?}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli: Cli = dmp_cli::parse_from(args());
     cli.common.init_logging();
@@ -118,13 +127,20 @@ async fn run(cli: Cli, sizes: Sizes) -> Exit {
     match std::fs::metadata(&cli.file) {
         Ok(m) if m.is_file() => {}
         Ok(_) => {
-            eprintln!("error: {} is not a regular file", cli.file.display());
+            eprintln!("error: {} is not a regular file", shown(&cli.file));
             return Exit::Usage;
         }
         Err(e) => {
-            eprintln!("error: cannot open {}: {e}", cli.file.display());
+            eprintln!("error: cannot open {}: {e}", shown(&cli.file));
             return Exit::Usage;
         }
+    }
+    // The name travels to the receiver, which refuses a bad one: say so
+    // now, in one line, before anything else is printed.
+    let name = cli.file.file_name().and_then(|n| n.to_str()).ok_or("the file name is not UTF-8".to_owned());
+    if let Err(e) = name.and_then(|n| check_file_name(n).map_err(|e| e.to_string())) {
+        eprintln!("error: cannot send {}: {e}", shown(&cli.file));
+        return Exit::Usage;
     }
     let (spec, store, security) = match cli.common.setup(&cli.sender).await {
         Ok(s) => s,
@@ -147,7 +163,7 @@ async fn run(cli: Cli, sizes: Sizes) -> Exit {
         security,
     };
     if !cli.json && !cli.common.quiet {
-        eprintln!("offering {} to {} via {spec}", cli.file.display(), cli.receiver);
+        eprintln!("offering {} to {} via {spec}", shown(&cli.file), cli.receiver);
     }
     let pb = dmp_cli::progress_bar(cli.common.quiet, "sending");
     let res = send_file(

@@ -102,7 +102,7 @@ impl Common {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            // No colour codes in the journal or a log file.
+            // Colours only on a terminal: a log file or a pipe gets plain text.
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .try_init();

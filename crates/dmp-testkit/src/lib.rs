@@ -572,3 +572,6 @@ impl Drop for Sampler {
         }
     }
 }
+
+pub mod fault_proxy;
+pub mod server;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::future::Future;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -403,11 +403,14 @@ impl Target {
                     return Err(format!("not enough free space: {} needs {need} bytes, {avail} available", offer.name));
                 }
             }
+            // Never through a symlink planted under the temporary name: it
+            // would truncate and write a file outside DIR.
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)
                 .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
             self.file = Some(f);
@@ -415,6 +418,7 @@ impl Target {
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)
                 .map_err(|e| format!("the partial file {} is gone ({e}); start both sides again", tmp.display()))?;
             self.file = Some(f);

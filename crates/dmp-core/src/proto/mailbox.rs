@@ -888,7 +888,9 @@ impl Link {
     /// otherwise just the next one.
     fn fetch_more(&mut self, now: Duration) {
         let Some(session) = self.state.peer_session else { return };
-        for seq in self.delivered + 1..=self.delivered + self.cfg.readahead.max(1) {
+        // Saturating: a hostile head may announce a base near u64::MAX.
+        let first = self.delivered.saturating_add(1);
+        for seq in first..=self.delivered.saturating_add(self.cfg.readahead.max(1)) {
             if !self.buffered.contains_key(&seq) {
                 self.fetch(now, session, seq);
             }

@@ -1251,3 +1251,29 @@ fn randomized_runs_deliver_exactly_once_in_order() {
         }
     }
 }
+
+/// Regression (hostile corpus, `head_base_u64_max`): a head announcing a
+/// base near `u64::MAX` overflowed the read-ahead range (a panic in debug
+/// builds, a wrapped range in release). It is entered, and nothing panics.
+#[test]
+fn a_head_announcing_a_base_near_u64_max_does_not_overflow() {
+    for base in [u64::MAX, u64::MAX - 1, u64::MAX - 2] {
+        let mut w = world(small_cfg(4, 4));
+        let a = w.parties[0].out_dir();
+        let (me, peer) = (w.parties[0].me.clone(), w.parties[0].peer.clone());
+        let env = Envelope {
+            flags: 0,
+            kind: Kind::Head,
+            sender: me,
+            recipient: peer,
+            session: u64::MAX,
+            seq: 0,
+            base,
+            payload: Vec::new(),
+        };
+        for _ in 0..10 {
+            w.store.plant(&format!("{a}/{HEAD_NAME}"), &env.encode());
+            w.rounds(2, ms(10));
+        }
+    }
+}
