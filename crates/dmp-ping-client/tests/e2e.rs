@@ -388,6 +388,23 @@ fn two_clients_ping_one_server_at_once() {
     }
 }
 
+/// Fan-in: 25 clients at once, each with 5 pings, against one server: no
+/// loss. (Before each party's watch was narrowed to its own inbox and the
+/// server woke only the links whose files changed, every write woke every
+/// process and every link: 100 clients lost about 70% of their pings.)
+#[test]
+fn twenty_five_clients_at_once_lose_nothing() {
+    let env = Env::new();
+    let _server = env.server("bob");
+    let names: Vec<String> = (0..25).map(|i| format!("client{i}")).collect();
+    let procs: Vec<_> = names.iter().map(|n| env.client(&["bob", n, "-c", "5", "-i", "0.2", "-W", "10"])).collect();
+    for (who, p) in names.iter().zip(procs) {
+        let (code, out, err) = p.finish();
+        assert_eq!(code, 0, "{who}: stdout:\n{out}\nstderr:\n{err}");
+        assert_eq!(summary(&out), (5, 5, "0%".to_owned()), "{who}:\n{out}");
+    }
+}
+
 #[test]
 fn server_stops_on_sigterm_and_removes_its_files() {
     let env = Env::new();

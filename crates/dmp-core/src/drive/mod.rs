@@ -303,6 +303,17 @@ impl Pace {
     }
 }
 
+/// After a [`Woke::Wake`]: whether the machine should look again. Yes for
+/// a timer (nothing signalled), for "anything", or for a change at or above
+/// one of `keys` (the peer's outbox towards me, its key); a change among
+/// other parties' files is skipped unless the machine's `deadline` has come.
+/// With a hundred parties on one folder store this keeps each from reading
+/// the store at every other party's write.
+pub fn concerns(changes: &Changes, keys: &[&Key], deadline: Option<Duration>, now: Duration) -> bool {
+    let set = changes.take();
+    set.is_empty() || keys.iter().any(|k| set.touches(k)) || deadline.is_some_and(|d| d <= now)
+}
+
 /// Runs a ping client until it has sent `count` requests and heard back or
 /// given up on each, or until `shutdown` completes.
 ///
@@ -328,6 +339,7 @@ pub async fn run_ping_client(
     }
     let mut machine = PingClient::new(client, server.clone(), cfg, fresh_session(), clock.now());
     let mut changes = store.changes(&machine.watch_prefix());
+    let server_key = Key::new([server.as_str(), crate::keys::KEY_FILE])?;
     let mut pace = Pace::for_store(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
@@ -361,8 +373,11 @@ pub async fn run_ping_client(
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
             Woke::Done(res) => machine.on_result(clock.now(), res),
             Woke::Wake => {
-                pace.woke(&ops);
-                machine.wake(clock.now());
+                let now = clock.now();
+                if concerns(&changes, &[&machine.watch_prefix(), &server_key], machine.deadline(), now) {
+                    pace.woke(&ops);
+                    machine.wake(now);
+                }
             }
             Woke::Shutdown => break,
         }
@@ -424,6 +439,10 @@ impl ServerOptions {
     }
 }
 
+/// How often a ping server on a store that says what changed still wakes
+/// every client's link (a safety net for a missed notification).
+const FULL_WAKE_EVERY: Duration = Duration::from_secs(2);
+
 /// Runs the ping server until `shutdown` completes, then removes its files.
 ///
 /// With `security`, each client's key is resolved (and pinned on first
@@ -471,6 +490,7 @@ pub async fn run_ping_server(
     let mut last_key_check: Option<Duration> = None;
     let key_check_every = if store.notifies() { Duration::from_millis(100) } else { Duration::from_secs(2) };
     let mut outage = Outage::default();
+    let mut last_full = clock.now();
     // My head files written so far: if one is gone, the store lost my files.
     let mut heads: std::collections::BTreeSet<Key> = Default::default();
     let mut check_lost = false;
@@ -585,7 +605,16 @@ pub async fn run_ping_server(
             }
             Woke::Wake => {
                 pace.woke(&ops);
-                machine.wake(clock.now());
+                let now = clock.now();
+                let set = changes.take();
+                // Now and then (and on every poll of a store that cannot say
+                // what changed) every link looks, and the root is listed.
+                if set.all || now.saturating_sub(last_full) >= FULL_WAKE_EVERY {
+                    last_full = now;
+                    machine.wake(now);
+                } else {
+                    machine.wake_changed(now, &set);
+                }
             }
             Woke::Shutdown => break,
         }

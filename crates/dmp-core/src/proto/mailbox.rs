@@ -218,6 +218,8 @@ pub struct Link {
     fetching: BTreeSet<u64>,
     buffered: BTreeMap<u64, Envelope>,
     head_get_pending: bool,
+    /// [`Link::wake`] was called while reads were under way.
+    woke_while_reading: bool,
     last_head_read: Option<Duration>,
     /// When a message of the peer's was last delivered.
     last_delivery: Option<Duration>,
@@ -287,6 +289,7 @@ impl Link {
             fetching: BTreeSet::new(),
             buffered: BTreeMap::new(),
             head_get_pending: false,
+            woke_while_reading: false,
             last_head_read: None,
             last_delivery: None,
             peer_gone: false,
@@ -419,6 +422,7 @@ impl Link {
 
     /// Something may have changed: look again.
     pub fn wake(&mut self, now: Duration) {
+        self.woke_while_reading |= self.reading();
         if self.needs_key() {
             // Nothing can be sealed or opened before the peer's key is known.
             self.retry_due(now);
@@ -494,6 +498,22 @@ impl Link {
 
     /// Feeds the result of an operation this link asked for.
     pub fn on_result(&mut self, now: Duration, res: OpResult) {
+        let read = matches!(res, OpResult::Got(..));
+        self.dispatch(now, res);
+        // A wake that came while reads were under way may announce a file
+        // those reads were issued too early to see: look once more.
+        if read && self.woke_while_reading && !self.reading() {
+            self.woke_while_reading = false;
+            self.wake(now);
+        }
+    }
+
+    /// Reads of the peer's files under way.
+    fn reading(&self) -> bool {
+        self.head_get_pending || self.ack_get_pending || !self.fetching.is_empty()
+    }
+
+    fn dispatch(&mut self, now: Duration, res: OpResult) {
         match res {
             OpResult::Listed(k, r) if k == self.out_dir && self.recover_pending => self.on_recover(now, r),
             OpResult::Got(k, r) if k == self.ack_key_in => self.on_ack(now, r),

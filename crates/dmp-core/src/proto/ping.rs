@@ -354,6 +354,44 @@ impl PingServer {
         self.drain(now);
     }
 
+    /// Wakes only what `changed` concerns: the link of each client whose
+    /// files for me changed (a client seen for the first time is served at
+    /// once), and the links whose own deadline has come. With many clients
+    /// this keeps one client's ping from making every link look again.
+    /// "Anything" is a full [`PingServer::wake`].
+    pub fn wake_changed(&mut self, now: Duration, changed: &crate::store::ChangeSet) {
+        if changed.all {
+            return self.wake(now);
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        for path in &changed.paths {
+            let mut parts = path.split('/');
+            let owner = parts.next().unwrap_or("");
+            // Its directory, its key, or its outbox towards me; not my own
+            // writes, nor its files for another server.
+            let for_me = match parts.next() {
+                None => true,
+                Some(next) => next == self.me.as_str() || next == crate::keys::KEY_FILE,
+            };
+            if let (true, Ok(peer)) = (for_me, PeerId::new(owner)) {
+                touched.insert(peer);
+            }
+        }
+        for peer in touched {
+            if !self.add_client(now, peer.clone()) {
+                if let Some(l) = self.links.get_mut(&peer) {
+                    l.wake(now);
+                }
+            }
+        }
+        for l in self.links.values_mut() {
+            if l.wake_at().is_some_and(|t| t <= now) {
+                l.wake(now);
+            }
+        }
+        self.drain(now);
+    }
+
     pub fn on_result(&mut self, now: Duration, res: OpResult) {
         if let OpResult::Put(_, Err(e)) | OpResult::Got(_, Err(e)) | OpResult::Listed(_, Err(e)) = &res {
             self.events.push(ServerEvent::StoreError(e.clone()));

@@ -15,7 +15,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
 
 /// How a [`FolderStore`] learns of changes.
 #[derive(Clone, Debug)]
@@ -241,7 +240,7 @@ impl FolderStore {
 
 /// Keeps the watcher and the rescan thread alive as long as the `Changes`.
 struct FolderWatch {
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -249,6 +248,14 @@ impl Drop for FolderWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// `target` if it is a directory, else the nearest directory above it, but
+/// not above `floor`.
+fn nearest_dir(target: &Path, floor: &Path) -> PathBuf {
+    let mut d = target.to_path_buf();
+    while d != floor && !d.is_dir() && d.pop() {}
+    d
 }
 
 /// A cheap fingerprint of a tree: names, sizes and modification times.
@@ -298,59 +305,109 @@ impl Store for FolderStore {
 
     fn changes(&self, prefix: &Key) -> Changes {
         use notify::Watcher;
-        let notify = Arc::new(Notify::new());
-        // Watch the prefix if it exists; else the whole store (the prefix
-        // may be a peer's directory, which is not ours to create).
-        let dir = match fs::symlink_metadata(self.path(prefix)) {
-            Ok(m) if m.is_dir() => self.path(prefix),
-            _ => self.root.clone(),
-        };
-        let watcher = if self.opts.watch {
-            let n = notify.clone();
-            let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res {
-                    if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                        n.notify_one();
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // Watch the prefix (recursively) if it exists. If not (a peer's
+        // directory, not ours to create), watch the nearest directory above
+        // it, without its subdirectories, and move down as the missing ones
+        // appear: a hundred parties each watching the whole store would
+        // each be woken by everyone's writes.
+        let target = self.path(prefix);
+        let dir = nearest_dir(&target, &self.root);
+        let (watch, rescan, root) = (self.opts.watch, self.opts.rescan, self.root.clone());
+        Changes::recorded(move |rec| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let exact = dir == target;
+            let (moved_tx, moved_rx) = std::sync::mpsc::channel::<()>();
+            let watcher = if watch {
+                let (r, root) = (rec.clone(), root.clone());
+                let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                    match res {
+                        Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => return,
+                        Ok(ev) if !ev.need_rescan() && !ev.paths.is_empty() => {
+                            for p in &ev.paths {
+                                // Outside the store (cannot happen) counts as anything.
+                                r.changed(p.strip_prefix(&root).ok().and_then(|r| r.to_str()));
+                            }
+                        }
+                        _ => r.changed(None),
                     }
-                }
-            });
-            match w {
-                Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::Recursive) {
-                    Ok(()) => Some(w),
+                    let _ = moved_tx.send(());
+                });
+                let mode = if exact { notify::RecursiveMode::Recursive } else { notify::RecursiveMode::NonRecursive };
+                match w {
+                    Ok(mut w) => match w.watch(&dir, mode) {
+                        Ok(()) => Some(Arc::new(std::sync::Mutex::new(w))),
+                        Err(e) => {
+                            tracing::warn!("cannot watch {}: {e}; relying on rescans", dir.display());
+                            None
+                        }
+                    },
                     Err(e) => {
-                        tracing::warn!("cannot watch {}: {e}; relying on rescans", dir.display());
+                        tracing::warn!("no file-system notifications: {e}; relying on rescans");
                         None
                     }
-                },
-                Err(e) => {
-                    tracing::warn!("no file-system notifications: {e}; relying on rescans");
-                    None
                 }
-            }
-        } else {
-            None
-        };
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if let Some(every) = self.opts.rescan {
-            let (n, stop, dir) = (notify.clone(), stop.clone(), dir.clone());
-            std::thread::Builder::new()
-                .name("dmp-rescan".into())
-                .spawn(move || {
-                    let mut last = 0u64;
-                    fingerprint(&dir, 3, &mut last);
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(every);
-                        let mut now = 0u64;
-                        fingerprint(&dir, 3, &mut now);
-                        if now != last {
-                            last = now;
-                            n.notify_one();
+            } else {
+                None
+            };
+            if let (false, Some(w)) = (exact, watcher.clone()) {
+                // Moves the watch down as directories appear. Not from the
+                // watcher's own callback: that would wait on itself.
+                let (stop, target, root, rec) = (stop.clone(), target.clone(), root.clone(), rec.clone());
+                let mut at = dir.clone();
+                std::thread::Builder::new()
+                    .name("dmp-watch".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            match moved_rx.recv_timeout(Duration::from_millis(500)) {
+                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                                _ => {}
+                            }
+                            let next = nearest_dir(&target, &at);
+                            if next == at {
+                                continue;
+                            }
+                            let deeper = next == target;
+                            let mode = if deeper {
+                                notify::RecursiveMode::Recursive
+                            } else {
+                                notify::RecursiveMode::NonRecursive
+                            };
+                            let mut w = w.lock().expect("watcher lock");
+                            if w.watch(&next, mode).is_ok() {
+                                let _ = w.unwatch(&at);
+                                at = next;
+                                // Files may have landed before the watch did.
+                                rec.changed(at.strip_prefix(&root).ok().and_then(|r| r.to_str()));
+                                if deeper {
+                                    return;
+                                }
+                            }
                         }
-                    }
-                })
-                .expect("spawn rescan thread");
-        }
-        Changes::new(notify, Box::new(FolderWatch { _watcher: watcher, stop }))
+                    })
+                    .expect("spawn watch thread");
+            }
+            if let Some(every) = rescan {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name("dmp-rescan".into())
+                    .spawn(move || {
+                        let mut last = 0u64;
+                        fingerprint(&nearest_dir(&target, &root), 3, &mut last);
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(every);
+                            let mut now = 0u64;
+                            fingerprint(&nearest_dir(&target, &root), 3, &mut now);
+                            if now != last {
+                                last = now;
+                                rec.changed(None);
+                            }
+                        }
+                    })
+                    .expect("spawn rescan thread");
+            }
+            Box::new(FolderWatch { _watcher: watcher, stop })
+        })
     }
 
     fn notifies(&self) -> bool {

@@ -160,28 +160,120 @@ impl StoreError {
     }
 }
 
+/// What changed below a watched prefix, as far as the store can tell:
+/// store-relative paths cut to their first two parts (`<owner>/<peer>`, or
+/// `<owner>/key`), or "anything" when the store cannot say (a rescan, a
+/// store without paths in its notifications).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub all: bool,
+    pub paths: std::collections::BTreeSet<String>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.paths.is_empty()
+    }
+
+    /// True when something at or below `prefix` (or above it: a directory
+    /// created or removed on the way) may have changed.
+    pub fn touches(&self, prefix: &Key) -> bool {
+        let p = prefix.as_str();
+        self.all
+            || self.paths.iter().any(|c| {
+                p.is_empty()
+                    || c == p
+                    || (c.len() > p.len() && c.starts_with(p) && c.as_bytes()[p.len()] == b'/')
+                    || (p.len() > c.len() && p.starts_with(c.as_str()) && p.as_bytes()[c.len()] == b'/')
+            })
+    }
+
+    /// The first parts of the changed paths (the parties whose files changed).
+    pub fn owners(&self) -> impl Iterator<Item = &str> {
+        self.paths.iter().map(|c| c.split('/').next().unwrap_or(""))
+    }
+}
+
+/// Where a store's watcher reports what changed (see [`Changes`]).
+#[derive(Clone)]
+pub struct ChangeRecorder {
+    notify: Arc<Notify>,
+    set: Arc<std::sync::Mutex<ChangeSet>>,
+}
+
+/// Paths recorded before "anything" is reported instead (a burst of
+/// events is cheaper to handle as one full look).
+const MAX_CHANGED_PATHS: usize = 4096;
+
+impl ChangeRecorder {
+    /// Records a change of the store-relative `path` (`None`: anything) and wakes the waiter.
+    pub fn changed(&self, path: Option<&str>) {
+        {
+            let mut set = self.set.lock().expect("change set lock");
+            match path {
+                Some(p) if !set.all && set.paths.len() < MAX_CHANGED_PATHS => {
+                    let cut: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).take(2).collect();
+                    set.paths.insert(cut.join("/"));
+                }
+                _ => {
+                    set.all = true;
+                    set.paths.clear();
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+}
+
 /// A wake-up signal: fires when something under the watched prefix may
 /// have changed. Spurious wake-ups are allowed; missed ones are not (a
-/// notification that arrives while nobody waits is kept).
+/// notification that arrives while nobody waits is kept). [`Changes::take`]
+/// tells what changed since the last call, when the store knows.
 pub struct Changes {
     notify: Arc<Notify>,
+    /// `None`: the store does not say what changed.
+    set: Option<Arc<std::sync::Mutex<ChangeSet>>>,
     _guard: Box<dyn Send + Sync>,
 }
 
 impl Changes {
+    /// Changes signalled through `notify` alone: each one means "anything".
     pub fn new(notify: Arc<Notify>, guard: Box<dyn Send + Sync>) -> Changes {
-        Changes { notify, _guard: guard }
+        Changes { notify, set: None, _guard: guard }
+    }
+
+    /// Changes reported with their paths through the returned recorder.
+    pub fn recorded(guard: impl FnOnce(ChangeRecorder) -> Box<dyn Send + Sync>) -> Changes {
+        let notify = Arc::new(Notify::new());
+        let set = Arc::new(std::sync::Mutex::new(ChangeSet::default()));
+        let rec = ChangeRecorder { notify: notify.clone(), set: set.clone() };
+        Changes { notify, set: Some(set), _guard: guard(rec) }
     }
 
     /// A signal that never fires (for stores without change notification:
     /// the caller's poll timer does the work).
     pub fn never() -> Changes {
-        Changes { notify: Arc::new(Notify::new()), _guard: Box::new(()) }
+        Changes::new(Arc::new(Notify::new()), Box::new(()))
     }
 
     /// Waits until something may have changed.
     pub async fn changed(&mut self) {
         self.notify.notified().await;
+    }
+
+    /// True when the store says what changed ([`Changes::take`]).
+    pub fn knows_paths(&self) -> bool {
+        self.set.is_some()
+    }
+
+    /// What changed since the last call. With [`Changes::knows_paths`],
+    /// empty means nothing was signalled (a wake-up came from a timer);
+    /// otherwise it is always "anything".
+    pub fn take(&self) -> ChangeSet {
+        match &self.set {
+            Some(set) => std::mem::take(&mut *set.lock().expect("change set lock")),
+            None => ChangeSet { all: true, paths: Default::default() },
+        }
     }
 }
 
@@ -221,3 +313,40 @@ pub trait Store: Send + Sync + 'static {
 
 /// A shared handle to any store.
 pub type DynStore = Arc<dyn Store>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(paths: &[&str]) -> ChangeSet {
+        ChangeSet { all: false, paths: paths.iter().map(|p| p.to_string()).collect() }
+    }
+
+    #[test]
+    fn change_set_touches_the_prefix_its_parents_and_children_only() {
+        let k = |s: &str| Key::new(s.split('/')).unwrap();
+        let s = set(&["srv/c1"]);
+        assert!(s.touches(&k("srv/c1")));
+        assert!(s.touches(&k("srv/c1/x.msg")), "a change of the directory covers what is in it");
+        assert!(!s.touches(&k("srv/c10")), "a sibling with a longer name is another directory");
+        assert!(!s.touches(&k("srv/c2")));
+        assert!(set(&["srv"]).touches(&k("srv/c1")), "the parent appeared");
+        assert!(!set(&["c1/srv", "srv/key"]).touches(&k("srv/c1")));
+        assert!(set(&[]).is_empty());
+        assert!(ChangeSet { all: true, paths: Default::default() }.touches(&k("a/b")));
+    }
+
+    #[test]
+    fn recorder_cuts_paths_and_overflows_to_anything() {
+        let ch = Changes::recorded(|rec| {
+            rec.changed(Some("srv/c1/0001.msg"));
+            rec.changed(Some("c1/srv"));
+            rec.changed(Some("c1"));
+            Box::new(rec)
+        });
+        let got = ch.take();
+        assert_eq!(got, set(&["c1", "c1/srv", "srv/c1"]));
+        assert!(ch.take().is_empty(), "taken");
+        assert!(Changes::never().take().all, "a store that cannot tell says anything");
+    }
+}
