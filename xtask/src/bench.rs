@@ -33,7 +33,8 @@ pub struct Ctx {
 
 impl Ctx {
     /// A release tool on `store`, with its keys and state in `dir` (never
-    /// the user's own) and no store settings from the environment.
+    /// the user's own; one directory per party, as on two machines) and no
+    /// store settings from the environment.
     pub fn tool(&self, name: &str, store: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
         let mut c = Command::new(self.bin.join(name));
         c.arg("--store").arg(store).env("DMP_CONFIG_DIR", dir.join("config")).env("DMP_STATE_DIR", dir.join("state"));
@@ -254,7 +255,8 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Starts a ping server `bob` on `store` and checks that it is still up shortly after.
 fn start_server(ctx: &Ctx, store: &Path, dir: &Path) -> Result<Proc> {
-    let mut server = Proc::spawn_logged(ctx.tool("dmp-ping-server", store, dir).arg("bob"), "dmp-ping-server", dir)?;
+    let mut server =
+        Proc::spawn_logged(ctx.tool("dmp-ping-server", store, &dir.join("bob")).arg("bob"), "dmp-ping-server", dir)?;
     std::thread::sleep(Duration::from_millis(200));
     if let Some(st) = server.try_wait()? {
         bail!("dmp-ping-server exited at once ({st}){}", server.log_tail());
@@ -337,7 +339,8 @@ fn ping_rtt(ctx: &Ctx) -> Result<Vec<Row>> {
         let dir = TempDir::new_in(&ctx.scratch, "ping")?;
         let store = dir.join("store");
         let mut server = start_server(ctx, &store, dir.path())?;
-        let client = Pings::start(ctx.tool("dmp-ping-client", &store, dir.path()), "alice", count, "0.01", dir.path())?;
+        let client =
+            Pings::start(ctx.tool("dmp-ping-client", &store, &dir.join("alice")), "alice", count, "0.01", dir.path())?;
         Pings::finish(client)?.record(run);
         server.stop()
     })?;
@@ -390,7 +393,7 @@ fn idle_cpu(ctx: &Ctx) -> Result<Vec<Row>> {
     let store = dir.join("store");
     let mut server = start_server(ctx, &store, dir.path())?;
     let mut client = Proc::spawn_logged(
-        ctx.tool("dmp-ping-client", &store, dir.path()).args(["bob", "alice", "-i", "30"]),
+        ctx.tool("dmp-ping-client", &store, &dir.join("alice")).args(["bob", "alice", "-i", "30"]),
         "dmp-ping-client",
         dir.path(),
     )?;
@@ -585,12 +588,16 @@ fn dftp_pair(ctx: &Ctx, dir: &TempDir, src: &Path, want: &str, extra: &[&str]) -
     std::fs::create_dir(&out)?;
     let t = Instant::now();
     let recv = Proc::spawn_logged(
-        ctx.tool("dftp-receive", &store, run_dir.path()).args(["alice", "bob"]).arg(&out).arg("--json").args(extra),
+        ctx.tool("dftp-receive", &store, &run_dir.join("bob"))
+            .args(["alice", "bob"])
+            .arg(&out)
+            .arg("--json")
+            .args(extra),
         "dftp-receive",
         run_dir.path(),
     )?;
     let send = Proc::spawn_logged(
-        ctx.tool("dftp-send", &store, run_dir.path()).args(["bob", "alice"]).arg(src).arg("--json").args(extra),
+        ctx.tool("dftp-send", &store, &run_dir.join("alice")).args(["bob", "alice"]).arg(src).arg("--json").args(extra),
         "dftp-send",
         run_dir.path(),
     )?;

@@ -235,12 +235,12 @@ fn remote_dftp(
         std::fs::create_dir(&out)?;
         let t = Instant::now();
         let mut recv = Proc::spawn_logged(
-            tool(ctx, "dftp-receive", server, run_dir.path()).args(["alice", "bob"]).arg(&out).arg("--json"),
+            tool(ctx, "dftp-receive", server, &run_dir.join("bob")).args(["alice", "bob"]).arg(&out).arg("--json"),
             "dftp-receive",
             run_dir.path(),
         )?;
         let mut send = Proc::spawn_logged(
-            tool(ctx, "dftp-send", server, run_dir.path()).args(["bob", "alice"]).arg(&src).arg("--json"),
+            tool(ctx, "dftp-send", server, &run_dir.join("alice")).args(["bob", "alice"]).arg(&src).arg("--json"),
             "dftp-send",
             run_dir.path(),
         )?;
@@ -276,16 +276,22 @@ pub fn webdav_ping(ctx: &Ctx) -> Result<Vec<Row>> {
     let dir = TempDir::new_in(&ctx.scratch, "webdav-ping")?;
     let server = WebDav::start(&dir.join("server"), false)?;
     let mut srv = Proc::spawn_logged(
-        tool(ctx, "dmp-ping-server", &server, dir.path()).arg("bob"),
+        tool(ctx, "dmp-ping-server", &server, &dir.join("bob")).arg("bob"),
         "dmp-ping-server",
         dir.path(),
     )?;
     // The server finds a new client by listing the store (every 5 s when
     // idle): a first short run makes the introductions.
-    let warm = Pings::start(tool(ctx, "dmp-ping-client", &server, dir.path()), "alice", 3, "0.05", dir.path())?;
+    let warm = Pings::start(tool(ctx, "dmp-ping-client", &server, &dir.join("alice")), "alice", 3, "0.05", dir.path())?;
     Pings::finish(warm).context("warm-up")?;
     let s = Samples::measure(RUNS, |_, run| {
-        let c = Pings::start(tool(ctx, "dmp-ping-client", &server, dir.path()), "alice", count, "0.01", dir.path())?;
+        let c = Pings::start(
+            tool(ctx, "dmp-ping-client", &server, &dir.join("alice")),
+            "alice",
+            count,
+            "0.01",
+            dir.path(),
+        )?;
         Pings::finish(c)?.record(run);
         Ok(())
     })?;
@@ -327,13 +333,13 @@ pub fn webdav_idle(ctx: &Ctx) -> Result<Vec<Row>> {
         // The client first, so that the server finds it at its first listing;
         // one ping now, the next in 60 s.
         let mut client = Proc::spawn_logged(
-            tool(ctx, "dmp-ping-client", &server, dir.path()).args(["bob", "alice", "-i", "60", "-W", "30"]),
+            tool(ctx, "dmp-ping-client", &server, &dir.join("alice")).args(["bob", "alice", "-i", "60", "-W", "30"]),
             "dmp-ping-client",
             dir.path(),
         )?;
         std::thread::sleep(Duration::from_millis(300));
         let mut srv = Proc::spawn_logged(
-            tool(ctx, "dmp-ping-server", &server, dir.path()).arg("bob"),
+            tool(ctx, "dmp-ping-server", &server, &dir.join("bob")).arg("bob"),
             "dmp-ping-server",
             dir.path(),
         )?;
