@@ -21,6 +21,10 @@ mod remote;
 /// Runs per figure; the table reports medians.
 const RUNS: usize = 3;
 
+/// What every DFTP tool gets: a summary on stdout, and an end to a transfer
+/// that stops making progress (an error in the table, not a hung bench).
+const DFTP_ARGS: &[&str] = &["--json", "--timeout", "120"];
+
 /// What every benchmark gets.
 pub struct Ctx {
     /// Smaller sizes and shorter waits, for a run under two minutes.
@@ -220,6 +224,7 @@ pub fn run(args: &[String]) -> Result<()> {
     heading("building the tools (release)");
     let bin = build_release_tools()?;
     let target = target_dir()?;
+    remote::stop_leftovers(&target.join("bench-tmp"));
     let scratch = TempDir::new_in(&target.join("bench-tmp"), "run")?;
     let ctx = Ctx { quick, bin, scratch: scratch.path().to_path_buf() };
 
@@ -475,7 +480,7 @@ impl<T> Optional<T> {
 }
 
 fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
-    let len: u64 = if ctx.quick { 256 << 20 } else { 1 << 30 };
+    let len: u64 = if ctx.quick { 128 << 20 } else { 1 << 30 };
     let size = human_size(len);
     if let Some(rows) = no_dftp(&format!("DFTP {size}, local folder vs cp + sync")) {
         return Ok(rows);
@@ -552,10 +557,10 @@ fn rss_rows(s: &Samples, size: &str) -> Vec<Row> {
         .collect()
 }
 
-/// Peak RSS for a large file: 4 GiB (1 GiB with --quick), one run, as the
+/// Peak RSS for a large file: 4 GiB (512 MiB with --quick), one run, as the
 /// memory a transfer needs must not grow with the file.
 fn dftp_rss_large(ctx: &Ctx) -> Result<Vec<Row>> {
-    let len: u64 = if ctx.quick { 1 << 30 } else { 4 << 30 };
+    let len: u64 = if ctx.quick { 512 << 20 } else { 4 << 30 };
     let size = human_size(len);
     if let Some(rows) = no_dftp(&format!("peak RSS, DFTP {size}")) {
         return Ok(rows);
@@ -591,13 +596,17 @@ fn dftp_pair(ctx: &Ctx, dir: &TempDir, src: &Path, want: &str, extra: &[&str]) -
         ctx.tool("dftp-receive", &store, &run_dir.join("bob"))
             .args(["alice", "bob"])
             .arg(&out)
-            .arg("--json")
+            .args(DFTP_ARGS)
             .args(extra),
         "dftp-receive",
         run_dir.path(),
     )?;
     let send = Proc::spawn_logged(
-        ctx.tool("dftp-send", &store, &run_dir.join("alice")).args(["bob", "alice"]).arg(src).arg("--json").args(extra),
+        ctx.tool("dftp-send", &store, &run_dir.join("alice"))
+            .args(["bob", "alice"])
+            .arg(src)
+            .args(DFTP_ARGS)
+            .args(extra),
         "dftp-send",
         run_dir.path(),
     )?;

@@ -108,15 +108,17 @@ pub struct Wormhole {
 }
 
 impl Wormhole {
-    /// Starts the servers, logging into `dir`; the error says why magic-wormhole is not available.
+    /// Starts the servers in `<dir>/server` (logs, and pid files for
+    /// `stop_leftovers`); the error says why magic-wormhole is not available.
     pub fn start(dir: &Path) -> Result<Wormhole, String> {
         if let Some(why) = wormhole_missing() {
             return Err(unavailable(&why));
         }
-        Self::start_servers(dir).map_err(|e| format!("not available: {e:#}").replace(['\n', '|'], " "))
+        Self::start_servers(&dir.join("server")).map_err(|e| format!("not available: {e:#}").replace(['\n', '|'], " "))
     }
 
     fn start_servers(dir: &Path) -> Result<Wormhole> {
+        std::fs::create_dir_all(dir)?;
         let twist = twist().context("no twist")?;
         let (mailbox_port, relay_port) = (free_port()?, free_port()?);
         let mut mailbox = Command::new(&twist);
@@ -130,6 +132,7 @@ impl Wormhole {
         relay.arg("transitrelay").arg(format!("--port=tcp:{relay_port}:interface=127.0.0.1")).current_dir(dir);
         let relay = Proc::spawn_logged(&mut relay, "transit-relay", dir)?;
         for (p, port) in [(&mailbox, mailbox_port), (&relay, relay_port)] {
+            std::fs::write(dir.join(format!("{}.pid", p.name)), p.pid().to_string())?;
             wait_port(port, Duration::from_secs(20)).with_context(|| format!("{} did not start", p.name))?;
         }
         Ok(Wormhole { _mailbox: mailbox, _relay: relay, mailbox_port, relay_port })

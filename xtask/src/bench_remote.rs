@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 /// A server on loopback that both the tools and curl can use.
 trait Server {
-    /// The `--store` value for a store below `dmp/`.
-    fn store(&self) -> String;
+    /// The `--store` value for a store below `<prefix>/`.
+    fn store(&self, prefix: &str) -> String;
     /// The environment the tools need for the store (credentials).
     fn env(&self) -> Vec<(String, String)>;
     /// curl's arguments for object `name` on the same server (URL last).
@@ -35,6 +35,41 @@ fn script(script: &str, cmd: &str, dir: &Path, env: &[(&str, String)]) -> Result
     }
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+}
+
+/// Stops the servers of an earlier bench that was killed before it could
+/// (a signal runs no destructors, and nginx and weed run detached), and
+/// removes its scratch directory. Each bench's directory is
+/// `<bench-tmp>/run-<pid>-<random>`; a live pid's is left alone.
+pub fn stop_leftovers(bench_tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(bench_tmp) else { return };
+    for run in entries.flatten().map(|e| e.path()) {
+        let name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let pid = name.strip_prefix("run-").and_then(|r| r.split('-').next());
+        if pid.is_some_and(|p| Path::new("/proc").join(p).exists()) {
+            continue;
+        }
+        // Server directories lie at <run>/<bench>/server.
+        for server in std::fs::read_dir(&run).into_iter().flatten().flatten().map(|e| e.path().join("server")) {
+            for (pid_file, which) in [("nginx.pid", "nginx-webdav.sh"), ("weed.pid", "seaweedfs.sh")] {
+                if server.join(pid_file).is_file() {
+                    println!("stopping a server left by an interrupted bench in {}", server.display());
+                    let _ = script(which, "stop", &server, &[]);
+                }
+            }
+            // The magic-wormhole servers (twist), if still the same processes.
+            for name in ["wormhole-mailbox", "transit-relay"] {
+                let Ok(pid) = std::fs::read_to_string(server.join(format!("{name}.pid"))) else { continue };
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+                let plugin = if name == "transit-relay" { "transitrelay" } else { name };
+                if String::from_utf8_lossy(&cmdline).contains(plugin) {
+                    println!("stopping {name} left by an interrupted bench (pid {})", pid.trim());
+                    let _ = Command::new("kill").arg(pid.trim()).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&run);
+    }
 }
 
 /// An nginx WebDAV server on a free loopback port, stopped when dropped.
@@ -78,8 +113,8 @@ impl WebDav {
 }
 
 impl Server for WebDav {
-    fn store(&self) -> String {
-        format!("webdav://127.0.0.1:{}/dmp", self.port)
+    fn store(&self, prefix: &str) -> String {
+        format!("webdav://127.0.0.1:{}/{prefix}", self.port)
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -125,8 +160,8 @@ impl Seaweed {
 }
 
 impl Server for Seaweed {
-    fn store(&self) -> String {
-        format!("s3://{}/dmp", self.var("DMP_TEST_S3_BUCKET"))
+    fn store(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.var("DMP_TEST_S3_BUCKET"))
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -150,9 +185,14 @@ impl Drop for Seaweed {
     }
 }
 
-/// A tool on `server`'s store, with its keys and state in `dir`.
+/// A tool on `server`'s store below `/dmp`, with its keys and state in `dir`.
 fn tool(ctx: &Ctx, name: &str, server: &dyn Server, dir: &Path) -> Command {
-    let mut c = ctx.tool(name, server.store(), dir);
+    tool_at(ctx, name, server, "dmp", dir)
+}
+
+/// A tool on `server`'s store below `/<prefix>`, with its keys and state in `dir`.
+fn tool_at(ctx: &Ctx, name: &str, server: &dyn Server, prefix: &str, dir: &Path) -> Command {
+    let mut c = ctx.tool(name, server.store(prefix), dir);
     for k in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
         c.env_remove(k);
     }
@@ -212,7 +252,7 @@ fn remote_dftp(
     println!("writing a {} random file", human_size(len));
     random_file(&src, len)?;
     let want = sha256_file(&src)?;
-    let s = Samples::measure(RUNS, |_, run| {
+    let s = Samples::measure(RUNS, |n, run| {
         // curl PUT and GET of the same file, through the same server.
         let got = dir.join("curl.bin");
         let null = Path::new("/dev/null");
@@ -229,18 +269,27 @@ fn remote_dftp(
         run.insert("curl", put + get);
 
         // The DFTP pair: from the start of both until the sender reports
-        // that the receiver verified the file and put it in place.
+        // that the receiver verified the file and put it in place. A fresh
+        // store and fresh parties each run (a new party that found the
+        // last run's key of its peer in the store would pin that one).
+        let prefix = format!("dmp-{n}");
         let run_dir = TempDir::new_in(dir.path(), "run")?;
         let out = run_dir.join("out");
         std::fs::create_dir(&out)?;
         let t = Instant::now();
         let mut recv = Proc::spawn_logged(
-            tool(ctx, "dftp-receive", server, &run_dir.join("bob")).args(["alice", "bob"]).arg(&out).arg("--json"),
+            tool_at(ctx, "dftp-receive", server, &prefix, &run_dir.join("bob"))
+                .args(["alice", "bob"])
+                .arg(&out)
+                .args(super::DFTP_ARGS),
             "dftp-receive",
             run_dir.path(),
         )?;
         let mut send = Proc::spawn_logged(
-            tool(ctx, "dftp-send", server, &run_dir.join("alice")).args(["bob", "alice"]).arg(&src).arg("--json"),
+            tool_at(ctx, "dftp-send", server, &prefix, &run_dir.join("alice"))
+                .args(["bob", "alice"])
+                .arg(&src)
+                .args(super::DFTP_ARGS),
             "dftp-send",
             run_dir.path(),
         )?;
@@ -326,7 +375,7 @@ pub fn webdav_idle(ctx: &Ctx) -> Result<Vec<Row>> {
     if let Some(why) = WebDav::missing() {
         return Ok(figures.iter().map(|f| Row::skipped(*f, why.clone())).collect());
     }
-    let window = Duration::from_secs(if ctx.quick { 10 } else { 20 });
+    let window = Duration::from_secs(if ctx.quick { 5 } else { 20 });
     let samples = Samples::measure(RUNS, |_, run| {
         let dir = TempDir::new_in(&ctx.scratch, "webdav-idle")?;
         let server = WebDav::start(&dir.join("server"), true)?;

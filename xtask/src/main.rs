@@ -20,8 +20,11 @@ commands:
   ci                      the same as test (what .ci/run calls)
   demo                    run the main job on a temporary local-folder store:
                           a ping server and client, then a DFTP file transfer
-  bench [--quick] [NAME]  benchmarks in release mode; a Markdown table on
-                          stdout and target/bench.json (bench --help lists them)
+  bench [--quick] [--peers] [NAME...]
+                          benchmarks in release mode next to cp, curl,
+                          magic-wormhole and NNCP (--peers installs those);
+                          a Markdown table on stdout and target/bench.json
+                          (bench --help lists them)
 ";
 
 fn main() -> ExitCode {
