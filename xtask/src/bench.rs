@@ -552,7 +552,7 @@ fn rss_rows(s: &Samples, size: &str) -> Vec<Row> {
             let key = if side == "send" { "rss-send" } else { "rss-receive" };
             Row::new(format!("peak RSS dftp-{side}, {size}"), s.max(key), "MiB")
                 .at_most(64.0)
-                .note(format!("VmHWM sampled every 5 ms, highest of {} runs", s.values(key).len()))
+                .note(format!("VmHWM sampled every 5 ms; highest over runs: {}", s.list(key)))
         })
         .collect()
 }

@@ -375,7 +375,7 @@ pub fn webdav_idle(ctx: &Ctx) -> Result<Vec<Row>> {
     if let Some(why) = WebDav::missing() {
         return Ok(figures.iter().map(|f| Row::skipped(*f, why.clone())).collect());
     }
-    let window = Duration::from_secs(if ctx.quick { 5 } else { 20 });
+    let window = Duration::from_secs(if ctx.quick { 10 } else { 20 });
     let samples = Samples::measure(RUNS, |_, run| {
         let dir = TempDir::new_in(&ctx.scratch, "webdav-idle")?;
         let server = WebDav::start(&dir.join("server"), true)?;
