@@ -4,8 +4,8 @@
 //! returns table rows; add a row-producing function there to add one.
 
 use crate::util::{
-    Proc, TempDir, build_release_tools, clock_ticks, cpu_ticks, have_dftp, heading, human_size, median, peak_rss_kib,
-    random_file, sha256_file, target_dir,
+    Proc, Samples, TempDir, build_release_tools, clock_ticks, cpu_ticks, have_dftp, heading, human_size, peak_rss_kib,
+    percentile, random_file, sha256_file, sync, target_dir,
 };
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -13,11 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "bench_peers.rs"]
+mod peers;
 #[path = "bench_remote.rs"]
 mod remote;
 
 /// Runs per figure; the table reports medians.
 const RUNS: usize = 3;
+
+/// What every DFTP tool gets: a summary on stdout, and an end to a transfer
+/// that stops making progress (an error in the table, not a hung bench).
+const DFTP_ARGS: &[&str] = &["--json", "--timeout", "120"];
 
 /// What every benchmark gets.
 pub struct Ctx {
@@ -29,6 +35,20 @@ pub struct Ctx {
     pub scratch: PathBuf,
 }
 
+impl Ctx {
+    /// A release tool on `store`, with its keys and state in `dir` (never
+    /// the user's own; one directory per party, as on two machines) and no
+    /// store settings from the environment.
+    pub fn tool(&self, name: &str, store: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
+        let mut c = Command::new(self.bin.join(name));
+        c.arg("--store").arg(store).env("DMP_CONFIG_DIR", dir.join("config")).env("DMP_STATE_DIR", dir.join("state"));
+        for k in ["DMP_STORE", "DMP_STORE_USER", "DMP_STORE_PASSWORD", "DMP_PEERS_FILE", "RUST_LOG"] {
+            c.env_remove(k);
+        }
+        c
+    }
+}
+
 struct Bench {
     name: &'static str,
     about: &'static str,
@@ -38,12 +58,18 @@ struct Bench {
 /// Every benchmark, in the order they run.
 const BENCHES: &[Bench] = &[
     Bench { name: "ping", about: "ping round trip over a local folder store", run: ping_rtt },
+    Bench { name: "fanin", about: "100 ping clients × 10 pings against one server (local folder)", run: fan_in },
     Bench { name: "idle", about: "CPU of an idle ping server and client", run: idle_cpu },
-    Bench { name: "dftp", about: "DFTP of a random file through a local folder vs cp + sync", run: dftp_local },
+    Bench {
+        name: "dftp",
+        about: "DFTP through a local folder vs cp + sync, magic-wormhole and NNCP (same file, same runs)",
+        run: dftp_local,
+    },
+    Bench { name: "rss", about: "peak RSS of dftp-send and dftp-receive for a large file", run: dftp_rss_large },
     Bench { name: "webdav", about: "DFTP through nginx WebDAV vs curl -T + curl", run: remote::webdav_dftp },
+    Bench { name: "s3", about: "DFTP through SeaweedFS S3 vs curl --aws-sigv4 PUT + GET", run: remote::s3_dftp },
     Bench { name: "webdav-ping", about: "ping round trip over nginx WebDAV", run: remote::webdav_ping },
     Bench { name: "webdav-idle", about: "requests/min of an idle ping client and server", run: remote::webdav_idle },
-    // More go here: DFTP over S3, magic-wormhole and NNCP, ping fan-in (issue 7).
 ];
 
 /// One line of the table.
@@ -63,7 +89,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(figure: impl Into<String>, value: f64, unit: &'static str) -> Row {
+    pub fn new(figure: impl Into<String>, value: f64, unit: &'static str) -> Row {
         Row {
             figure: figure.into(),
             value: Some(value),
@@ -77,7 +103,7 @@ impl Row {
     }
 
     /// A figure that could not be measured in this run, and why.
-    fn skipped(figure: impl Into<String>, why: impl Into<String>) -> Row {
+    pub fn skipped(figure: impl Into<String>, why: impl Into<String>) -> Row {
         Row {
             figure: figure.into(),
             value: None,
@@ -91,7 +117,7 @@ impl Row {
     }
 
     /// Target: value ≤ `max` (in the row's unit).
-    fn at_most(mut self, max: f64) -> Row {
+    pub fn at_most(mut self, max: f64) -> Row {
         self.target = Some(format!("≤ {} {}", fmt_limit(max), self.unit));
         self.met = self.value.map(|v| v <= max);
         self
@@ -100,7 +126,7 @@ impl Row {
     /// Compares with a baseline; target: value / baseline ≤ `max_ratio`.
     /// `ratio` is given when it is measured pair by pair (median of per-run
     /// ratios) rather than as the ratio of the medians.
-    fn vs(mut self, label: impl Into<String>, baseline: f64, ratio: Option<f64>, max_ratio: f64) -> Row {
+    pub fn vs(mut self, label: impl Into<String>, baseline: f64, ratio: Option<f64>, max_ratio: f64) -> Row {
         let label = label.into();
         self.target = Some(format!("≤ {}× {label}", fmt_limit(max_ratio)));
         self.baseline = Some((label, baseline));
@@ -109,7 +135,7 @@ impl Row {
         self
     }
 
-    fn note(mut self, note: impl Into<String>) -> Row {
+    pub fn note(mut self, note: impl Into<String>) -> Row {
         let n = note.into();
         self.note = if self.note.is_empty() { n } else { format!("{}; {n}", self.note) };
         self
@@ -170,13 +196,18 @@ fn markdown(rows: &[Row]) -> String {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let mut quick = false;
+    let (mut quick, mut install_peers) = (false, false);
     let mut only = Vec::new();
     for a in args {
         match a.as_str() {
             "--quick" => quick = true,
+            "--peers" => install_peers = true,
             "-h" | "--help" => {
-                println!("usage: cargo xtask bench [--quick] [NAME...]\n\nbenchmarks:");
+                println!(
+                    "usage: cargo xtask bench [--quick] [--peers] [NAME...]\n\n  \
+                     --quick  smaller files and shorter waits, for a run under two minutes\n  \
+                     --peers  install magic-wormhole and NNCP with apt-get when missing\n\nbenchmarks:"
+                );
                 for b in BENCHES {
                     println!("  {:<12} {}", b.name, b.about);
                 }
@@ -186,9 +217,14 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown bench argument {other:?} (see cargo xtask bench --help)"),
         }
     }
+    if install_peers {
+        heading("installing the peer tools (magic-wormhole, NNCP)");
+        peers::install();
+    }
     heading("building the tools (release)");
     let bin = build_release_tools()?;
     let target = target_dir()?;
+    remote::stop_leftovers(&target.join("bench-tmp"));
     let scratch = TempDir::new_in(&target.join("bench-tmp"), "run")?;
     let ctx = Ctx { quick, bin, scratch: scratch.path().to_path_buf() };
 
@@ -222,13 +258,10 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Starts a ping server on `store` and checks that it is still up shortly after.
-fn start_server(ctx: &Ctx, store: &Path, logs: &Path) -> Result<Proc> {
-    let mut server = Proc::spawn_logged(
-        Command::new(ctx.bin.join("dmp-ping-server")).arg("bob").arg("--store").arg(store),
-        "dmp-ping-server",
-        logs,
-    )?;
+/// Starts a ping server `bob` on `store` and checks that it is still up shortly after.
+fn start_server(ctx: &Ctx, store: &Path, dir: &Path) -> Result<Proc> {
+    let mut server =
+        Proc::spawn_logged(ctx.tool("dmp-ping-server", store, &dir.join("bob")).arg("bob"), "dmp-ping-server", dir)?;
     std::thread::sleep(Duration::from_millis(200));
     if let Some(st) = server.try_wait()? {
         bail!("dmp-ping-server exited at once ({st}){}", server.log_tail());
@@ -236,42 +269,125 @@ fn start_server(ctx: &Ctx, store: &Path, logs: &Path) -> Result<Proc> {
     Ok(server)
 }
 
-/// Ping round trip over a local folder: p50 and p99, median of RUNS runs.
+/// What one dmp-ping-client run reported, read from its text output (each
+/// reply's time, and the summary's counts).
+pub struct Pings {
+    pub rtts_ms: Vec<f64>,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Pings {
+    /// Starts `dmp-ping-client bob <client> -c COUNT -i INTERVAL -W 5` (text
+    /// output, one line per reply); `cmd` is the tool with its store set.
+    pub fn start(mut cmd: Command, client: &str, count: u32, interval: &str, dir: &Path) -> Result<Proc> {
+        cmd.args(["bob", client, "-c", &count.to_string(), "-i", interval, "-W", "5"]);
+        Proc::spawn_logged(&mut cmd, &format!("ping-{client}"), dir)
+    }
+
+    /// Waits for a client started by [`Pings::start`] and reads its output
+    /// (exit code 1, no reply at all, counts as 100% loss).
+    pub fn finish(mut client: Proc) -> Result<Pings> {
+        let st = client.wait_timeout(Duration::from_secs(300))?;
+        if st.code() != Some(1) {
+            client.check(st)?;
+        }
+        Pings::parse(&client.stdout()).with_context(|| format!("reading the output of {}", client.name))
+    }
+
+    /// Reads `reply from bob: seq=1 time=0.549 ms` lines and `3 sent, 2 received, ...`.
+    fn parse(out: &str) -> Result<Pings> {
+        let mut rtts_ms = Vec::new();
+        let mut counts = None;
+        for l in out.lines() {
+            if l.starts_with("reply from ") {
+                let t = l.split(" time=").nth(1).and_then(|t| t.strip_suffix(" ms"));
+                rtts_ms.push(t.and_then(|t| t.parse().ok()).with_context(|| format!("unexpected line {l:?}"))?);
+            } else if let Some((sent, rest)) = l.split_once(" sent, ") {
+                let received = rest.split_once(" received").map(|(r, _)| r);
+                counts = sent.parse().ok().zip(received.and_then(|r| r.parse().ok()));
+            }
+        }
+        let (sent, received) = counts.context("no summary line (N sent, M received)")?;
+        Ok(Pings { rtts_ms, sent, received })
+    }
+
+    pub fn loss_pct(&self) -> f64 {
+        if self.sent == 0 { 100.0 } else { (self.sent - self.received) as f64 * 100.0 / self.sent as f64 }
+    }
+
+    /// Records p50, p90, p99 (ms) and loss (%) into a run.
+    pub fn record(&self, run: &mut crate::util::Run) {
+        run.insert("p50", percentile(&self.rtts_ms, 50.0));
+        run.insert("p90", percentile(&self.rtts_ms, 90.0));
+        run.insert("p99", percentile(&self.rtts_ms, 99.0));
+        run.insert("loss", self.loss_pct());
+    }
+}
+
+/// The rows of a ping benchmark whose runs were recorded by [`Pings::record`].
+pub fn ping_rows(s: &Samples, place: &str, p50_max: f64, about: &str) -> Vec<Row> {
+    let row =
+        |p: &str| Row::new(format!("ping rtt {p}, {place}"), s.median(p), "ms").note(format!("runs: {}", s.list(p)));
+    vec![
+        row("p50").at_most(p50_max).note(format!("median of {RUNS} runs; {about}")),
+        row("p90"),
+        row("p99"),
+        Row::new(format!("ping loss, {place}"), s.median("loss"), "%").at_most(0.0),
+    ]
+}
+
+/// Ping round trip over a local folder: p50, p90, p99, median of RUNS runs.
 fn ping_rtt(ctx: &Ctx) -> Result<Vec<Row>> {
     let count = if ctx.quick { 50 } else { 200 };
-    let (mut p50s, mut p99s, mut losses) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 1..=RUNS {
+    let s = Samples::measure(RUNS, |_, run| {
         let dir = TempDir::new_in(&ctx.scratch, "ping")?;
         let store = dir.join("store");
         let mut server = start_server(ctx, &store, dir.path())?;
-        let mut client = Proc::spawn_logged(
-            Command::new(ctx.bin.join("dmp-ping-client"))
-                .args(["bob", "alice", "-c", &count.to_string(), "-i", "0.01", "-W", "5", "--json", "-q"])
-                .arg("--store")
-                .arg(&store),
-            "dmp-ping-client",
-            dir.path(),
-        )?;
-        let st = client.wait_timeout(Duration::from_secs(120))?;
-        client.check(st)?;
+        let client =
+            Pings::start(ctx.tool("dmp-ping-client", &store, &dir.join("alice")), "alice", count, "0.01", dir.path())?;
+        Pings::finish(client)?.record(run);
+        server.stop()
+    })?;
+    Ok(ping_rows(&s, "local folder", 0.5, &format!("{count} pings at -i 0.01 per run")))
+}
+
+/// Ping server fan-in: 100 clients at once, 10 pings each, against one
+/// server on a local folder; loss and p50 over all the replies of a run.
+fn fan_in(ctx: &Ctx) -> Result<Vec<Row>> {
+    const CLIENTS: usize = 100;
+    const PINGS: u32 = 10;
+    const INTERVAL: &str = "0.1";
+    let s = Samples::measure(RUNS, |_, run| {
+        let dir = TempDir::new_in(&ctx.scratch, "fanin")?;
+        let store = dir.join("store");
+        let mut server = start_server(ctx, &store, dir.path())?;
+        // Each client with its own keys and state, as on its own machine.
+        let clients = (0..CLIENTS)
+            .map(|i| {
+                let id = format!("c{i:03}");
+                let own = dir.join(&id);
+                Pings::start(ctx.tool("dmp-ping-client", &store, &own), &id, PINGS, INTERVAL, dir.path())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let all = clients.into_iter().map(Pings::finish).collect::<Result<Vec<_>>>()?;
         server.stop()?;
-        let v: serde_json::Value =
-            serde_json::from_str(client.stdout().trim()).context("parsing dmp-ping-client --json output")?;
-        let p50 = v["rtt_ms"]["p50"].as_f64().context("no rtt_ms.p50")?;
-        let p99 = v["rtt_ms"]["p99"].as_f64().context("no rtt_ms.p99")?;
-        let loss = v["loss_pct"].as_f64().context("no loss_pct")?;
-        println!("run {run}: {count} pings, p50 {p50:.3} ms, p99 {p99:.3} ms, loss {loss}%");
-        p50s.push(p50);
-        p99s.push(p99);
-        losses.push(loss);
-    }
-    let runs = |xs: &[f64]| xs.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
+        let rtts: Vec<f64> = all.iter().flat_map(|p| p.rtts_ms.iter().copied()).collect();
+        let (sent, received) = all.iter().fold((0, 0), |(s, r), p| (s + p.sent, r + p.received));
+        Pings { rtts_ms: rtts, sent, received }.record(run);
+        Ok(())
+    })?;
+    let note =
+        format!("{CLIENTS} client processes × {PINGS} pings at -i {INTERVAL} -W 5, all at once; median of {RUNS} runs");
     Ok(vec![
-        Row::new("ping rtt p50, local folder", median(&p50s), "ms")
-            .at_most(0.5)
-            .note(format!("{RUNS} runs × {count} pings at -i 0.01: {}", runs(&p50s))),
-        Row::new("ping rtt p99, local folder", median(&p99s), "ms").at_most(3.0).note(format!("runs: {}", runs(&p99s))),
-        Row::new("ping loss, local folder", median(&losses), "%").at_most(0.0),
+        Row::new(format!("fan-in {CLIENTS}×{PINGS} pings, loss"), s.median("loss"), "%")
+            .at_most(0.0)
+            .note(format!("{note}; runs: {}", s.list("loss"))),
+        Row::new(format!("fan-in {CLIENTS}×{PINGS} pings, rtt p50"), s.median("p50"), "ms").at_most(5.0).note(format!(
+            "runs: {}; p99 {:.3} ms",
+            s.list("p50"),
+            s.median("p99")
+        )),
     ])
 }
 
@@ -282,7 +398,7 @@ fn idle_cpu(ctx: &Ctx) -> Result<Vec<Row>> {
     let store = dir.join("store");
     let mut server = start_server(ctx, &store, dir.path())?;
     let mut client = Proc::spawn_logged(
-        Command::new(ctx.bin.join("dmp-ping-client")).args(["bob", "alice", "-i", "30"]).arg("--store").arg(&store),
+        ctx.tool("dmp-ping-client", &store, &dir.join("alice")).args(["bob", "alice", "-i", "30"]),
         "dmp-ping-client",
         dir.path(),
     )?;
@@ -308,106 +424,201 @@ fn idle_cpu(ctx: &Ctx) -> Result<Vec<Row>> {
 }
 
 // ---------------------------------------------------------------------------
-// DFTP through a local folder vs cp + sync (issue 3). The lead may replace or
-// extend this section (4 GiB RSS, encryption on/off); the table rows are the
-// interface.
+// DFTP through a local folder (issues 3 and 7): against cp + sync, and
+// against magic-wormhole and NNCP, all on the same file in the same runs.
 // ---------------------------------------------------------------------------
 
-fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
-    if !have_dftp() {
-        return Ok(vec![Row::skipped(
-            "DFTP 1 GiB, local folder vs cp + sync",
-            "not run: crates/dftp-send and crates/dftp-receive are not in this checkout yet",
-        )]);
-    }
-    let len: u64 = if ctx.quick { 256 << 20 } else { 1 << 30 };
-    let size = human_size(len);
-    let dir = TempDir::new_in(&ctx.scratch, "dftp")?;
+/// Why the DFTP benchmarks cannot run, if they cannot.
+fn no_dftp(figure: &str) -> Option<Vec<Row>> {
+    (!have_dftp()).then(|| {
+        vec![Row::skipped(figure, "not run: crates/dftp-send and crates/dftp-receive are not in this checkout yet")]
+    })
+}
+
+/// A random file of `len` bytes in `dir`, and its SHA-256.
+fn source_file(dir: &TempDir, len: u64) -> Result<(PathBuf, String)> {
     let src = dir.join("random.bin");
-    println!("writing a {size} random file");
+    println!("writing a {} random file", human_size(len));
     random_file(&src, len)?;
-    let want = sha256_file(&src)?;
+    let sha = sha256_file(&src)?;
+    Ok((src, sha))
+}
 
-    let (mut dftp_s, mut cp_s, mut ratios, mut rss_send, mut rss_recv) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut plain_s, mut crypto_ratios) = (vec![], vec![]);
-    for run in 1..=RUNS {
-        // cp + sync of the same file, on the same disk.
-        sync()?;
-        let dst = dir.join("copy.bin");
-        let t = Instant::now();
-        crate::util::run(Command::new("cp").arg(&src).arg(&dst), "cp")?;
-        sync()?;
-        let cp = t.elapsed().as_secs_f64();
-        std::fs::remove_file(&dst).ok();
+/// `cp` + `sync` of `src` into `dir`, after a `sync`: seconds.
+fn cp_sync(src: &Path, dir: &Path) -> Result<f64> {
+    sync()?;
+    let dst = dir.join("copy.bin");
+    let t = Instant::now();
+    crate::util::run(Command::new("cp").arg(src).arg(&dst), "cp")?;
+    sync()?;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&dst).ok();
+    Ok(secs)
+}
 
+/// A comparison tool that may be missing, or may fail in a run: then its
+/// row says why and the benchmark goes on.
+struct Optional<T> {
+    tool: Result<T, String>,
+}
+
+impl<T> Optional<T> {
+    /// Runs `f` on the tool if it is (still) usable; a failure makes it unusable.
+    fn measure(&mut self, run: &mut crate::util::Run, key: &'static str, f: impl FnOnce(&T) -> Result<f64>) {
+        if let Ok(t) = &self.tool {
+            match f(t) {
+                Ok(secs) => {
+                    run.insert(key, secs);
+                }
+                Err(e) => {
+                    eprintln!("warning: {key} failed: {e:#}");
+                    self.tool = Err(format!("failed: {e:#}").replace(['\n', '|'], " "));
+                }
+            }
+        }
+    }
+}
+
+fn dftp_local(ctx: &Ctx) -> Result<Vec<Row>> {
+    let len: u64 = if ctx.quick { 128 << 20 } else { 1 << 30 };
+    let size = human_size(len);
+    if let Some(rows) = no_dftp(&format!("DFTP {size}, local folder vs cp + sync")) {
+        return Ok(rows);
+    }
+    let dir = TempDir::new_in(&ctx.scratch, "dftp")?;
+    let (src, want) = source_file(&dir, len)?;
+    let mut wormhole = Optional { tool: peers::Wormhole::start(dir.path()) };
+    let mut nncp = Optional { tool: peers::Nncp::new(dir.path()) };
+
+    let s = Samples::measure(RUNS, |n, run| {
+        run.insert("cp+sync", cp_sync(&src, dir.path())?);
         // The DFTP pair through a fresh folder store: encrypted (the
         // default), then with --insecure-plaintext for the cost of encryption.
-        let (wall, s_rss, r_rss) = dftp_pair(ctx, &dir, &src, &want, run, &[])?;
-        let (plain, _, _) = dftp_pair(ctx, &dir, &src, &want, run, &["--insecure-plaintext"])?;
-        println!(
-            "run {run}: dftp {wall:.3} s (plaintext {plain:.3} s), cp+sync {cp:.3} s, ratio {:.2}, peak RSS send {} MiB, receive {} MiB",
-            wall / cp,
-            s_rss / 1024,
-            r_rss / 1024
-        );
-        plain_s.push(plain);
-        crypto_ratios.push(wall / plain);
-        dftp_s.push(wall);
-        cp_s.push(cp);
-        ratios.push(wall / cp);
-        rss_send.push(s_rss as f64 / 1024.0);
-        rss_recv.push(r_rss as f64 / 1024.0);
+        let p = dftp_pair(ctx, &dir, &src, &want, &[])?;
+        run.insert("dftp", p.secs);
+        run.insert("rss-send", p.rss_send_mib);
+        run.insert("rss-receive", p.rss_receive_mib);
+        run.insert("dftp-plain", dftp_pair(ctx, &dir, &src, &want, &["--insecure-plaintext"])?.secs);
+        wormhole.measure(run, "wormhole", |w| w.transfer(&src, &want, dir.path(), n));
+        nncp.measure(run, "nncp", |w| w.transfer(&src, &want, dir.path(), n));
+        Ok(())
+    })?;
+    // Stops the wormhole servers; keeps why a comparison was not made.
+    let why = [wormhole.tool.err(), nncp.tool.err()];
+
+    let mbps = |k: &str| len as f64 / 1e6 / s.median(k);
+    let pairwise = format!("ratio = median of {RUNS} per-run ratios; SHA-256 verified");
+    let dftp = |what: &str| Row::new(format!("DFTP {size}, local folder, {what}"), s.median("dftp"), "s");
+    let mut rows =
+        vec![
+            dftp("encrypted")
+                .vs("cp + sync", s.median("cp+sync"), Some(s.ratio("dftp", "cp+sync")), 2.0)
+                .note(format!("{:.0} MB/s (cp + sync {:.0} MB/s); {pairwise}", mbps("dftp"), mbps("cp+sync"))),
+            Row::new(format!("DFTP {size}, local folder, --insecure-plaintext"), s.median("dftp-plain"), "s")
+                .vs("cp + sync", s.median("cp+sync"), Some(s.ratio("dftp-plain", "cp+sync")), 2.0)
+                .note(format!("{:.0} MB/s; {pairwise}", mbps("dftp-plain"))),
+            dftp("cost of encryption")
+                .vs("--insecure-plaintext", s.median("dftp-plain"), Some(s.ratio("dftp", "dftp-plain")), 1.25)
+                .note(format!("encrypted vs plaintext DFTP; {pairwise}")),
+        ];
+    // "At least k× faster than X": DFTP / X ≤ 1/k.
+    let peers = [
+        (
+            "wormhole",
+            "magic-wormhole",
+            2.0,
+            "wormhole send + receive --no-listen, through its own mailbox server and transit relay on 127.0.0.1",
+        ),
+        ("nncp", "NNCP", 3.5, "nncp-file, nncp-xfer into a shared folder, nncp-xfer and nncp-toss of the other node"),
+    ];
+    for ((key, label, faster, how), why) in peers.into_iter().zip(why) {
+        let figure = format!("DFTP {size}, local folder, vs {label}");
+        rows.push(if s.has(key) {
+            dftp(&format!("vs {label}")).vs(label, s.median(key), Some(s.ratio("dftp", key)), 1.0 / faster).note(
+                format!("target: DFTP at least {faster}× faster; {label} {:.0} MB/s: {how}; {pairwise}", mbps(key)),
+            )
+        } else {
+            Row::skipped(figure, why.unwrap_or_else(|| "not measured".into()))
+        });
     }
-    let mbps = len as f64 / 1e6 / median(&dftp_s);
-    Ok(vec![
-        Row::new(format!("DFTP {size}, local folder, wall time"), median(&dftp_s), "s")
-            .vs("cp + sync", median(&cp_s), Some(median(&ratios)), 2.0)
-            .note(format!("{mbps:.0} MB/s; ratio = median of {RUNS} per-run ratios; SHA-256 verified")),
-        Row::new(format!("DFTP {size}, local folder, encrypted"), median(&dftp_s), "s")
-            .vs("--insecure-plaintext", median(&plain_s), Some(median(&crypto_ratios)), 1.25)
-            .note(format!("the cost of encryption; ratio = median of {RUNS} per-run ratios")),
-        Row::new(format!("peak RSS dftp-send, {size}"), rss_send.iter().cloned().fold(0.0, f64::max), "MiB")
-            .at_most(64.0)
-            .note("VmHWM sampled every 5 ms"),
-        Row::new(format!("peak RSS dftp-receive, {size}"), rss_recv.iter().cloned().fold(0.0, f64::max), "MiB")
-            .at_most(64.0)
-            .note("VmHWM sampled every 5 ms"),
-    ])
+    rows.extend(rss_rows(&s, &size));
+    Ok(rows)
+}
+
+fn rss_rows(s: &Samples, size: &str) -> Vec<Row> {
+    ["send", "receive"]
+        .into_iter()
+        .map(|side| {
+            let key = if side == "send" { "rss-send" } else { "rss-receive" };
+            Row::new(format!("peak RSS dftp-{side}, {size}"), s.max(key), "MiB")
+                .at_most(64.0)
+                .note(format!("VmHWM sampled every 5 ms; highest over runs: {}", s.list(key)))
+        })
+        .collect()
+}
+
+/// Peak RSS for a large file: 4 GiB (512 MiB with --quick), one run, as the
+/// memory a transfer needs must not grow with the file.
+fn dftp_rss_large(ctx: &Ctx) -> Result<Vec<Row>> {
+    let len: u64 = if ctx.quick { 512 << 20 } else { 4 << 30 };
+    let size = human_size(len);
+    if let Some(rows) = no_dftp(&format!("peak RSS, DFTP {size}")) {
+        return Ok(rows);
+    }
+    let dir = TempDir::new_in(&ctx.scratch, "rss")?;
+    let (src, want) = source_file(&dir, len)?;
+    let s = Samples::measure(1, |_, run| {
+        let p = dftp_pair(ctx, &dir, &src, &want, &[])?;
+        run.insert("secs", p.secs);
+        run.insert("rss-send", p.rss_send_mib);
+        run.insert("rss-receive", p.rss_receive_mib);
+        Ok(())
+    })?;
+    Ok(rss_rows(&s, &size))
+}
+
+/// What one DFTP transfer took.
+struct Pair {
+    secs: f64,
+    rss_send_mib: f64,
+    rss_receive_mib: f64,
 }
 
 /// One DFTP transfer of `src` through a fresh folder store, with keys and
-/// state in the run's own directory: (wall seconds, peak RSS KiB of the
-/// sender, of the receiver). The received file must hash to `want`.
-fn dftp_pair(ctx: &Ctx, dir: &TempDir, src: &Path, want: &str, run: usize, extra: &[&str]) -> Result<(f64, u64, u64)> {
+/// state in the run's own directory. The received file must hash to `want`.
+fn dftp_pair(ctx: &Ctx, dir: &TempDir, src: &Path, want: &str, extra: &[&str]) -> Result<Pair> {
     sync()?;
     let run_dir = TempDir::new_in(dir.path(), "run")?;
     let (store, out) = (run_dir.join("store"), run_dir.join("out"));
     std::fs::create_dir(&out)?;
-    let tool = |name: &str| {
-        let mut c = Command::new(ctx.bin.join(name));
-        c.env("DMP_CONFIG_DIR", run_dir.join("config")).env("DMP_STATE_DIR", run_dir.join("state"));
-        c
-    };
     let t = Instant::now();
     let recv = Proc::spawn_logged(
-        tool("dftp-receive").args(["alice", "bob"]).arg(&out).arg("--store").arg(&store).arg("--json").args(extra),
+        ctx.tool("dftp-receive", &store, &run_dir.join("bob"))
+            .args(["alice", "bob"])
+            .arg(&out)
+            .args(DFTP_ARGS)
+            .args(extra),
         "dftp-receive",
         run_dir.path(),
     )?;
     let send = Proc::spawn_logged(
-        tool("dftp-send").args(["bob", "alice"]).arg(src).arg("--store").arg(&store).arg("--json").args(extra),
+        ctx.tool("dftp-send", &store, &run_dir.join("alice"))
+            .args(["bob", "alice"])
+            .arg(src)
+            .args(DFTP_ARGS)
+            .args(extra),
         "dftp-send",
         run_dir.path(),
     )?;
-    let [(send, s_rss), (recv, r_rss)] = wait_pair_sampling_rss([send, recv], Duration::from_secs(600))?;
-    let wall = t.elapsed().as_secs_f64();
+    let [(send, s_rss), (recv, r_rss)] = wait_pair_sampling_rss([send, recv], Duration::from_secs(1800))?;
+    let secs = t.elapsed().as_secs_f64();
     let got = out.join(src.file_name().expect("file name"));
     let have = sha256_file(&got).with_context(|| format!("{}{}", got.display(), recv.log_tail()))?;
     if have != want {
-        bail!("run {run}: received file differs from the sent one (SHA-256)");
+        bail!("the received file differs from the sent one (SHA-256)");
     }
     drop((send, recv, run_dir));
-    Ok((wall, s_rss, r_rss))
+    Ok(Pair { secs, rss_send_mib: s_rss as f64 / 1024.0, rss_receive_mib: r_rss as f64 / 1024.0 })
 }
 
 /// Waits for both processes (each must exit 0), sampling their peak RSS
@@ -437,6 +648,18 @@ fn wait_pair_sampling_rss(mut procs: [Proc; 2], timeout: Duration) -> Result<[(P
     Ok([(a, rss[0]), (b, rss[1])])
 }
 
-fn sync() -> Result<()> {
-    crate::util::run(&mut Command::new("sync"), "sync")
+#[cfg(test)]
+mod tests {
+    use super::Pings;
+
+    #[test]
+    fn reads_ping_output() {
+        let out = "PING bob from alice via /tmp/s\nreply from bob: seq=1 time=0.549 ms\nreply from bob: seq=2 \
+                   time=12.50 ms\nseq=3: no answer from bob within 5 s\n\n--- bob ping statistics ---\n3 sent, 2 \
+                   received, 33.3% loss\nrtt min/avg/max/mdev = 0.549/6.5/12.5/6.0 ms\n";
+        let p = Pings::parse(out).unwrap();
+        assert_eq!(p.rtts_ms, vec![0.549, 12.5]);
+        assert_eq!((p.sent, p.received), (3, 2));
+        assert!((p.loss_pct() - 100.0 / 3.0).abs() < 1e-9);
+    }
 }

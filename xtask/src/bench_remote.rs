@@ -1,15 +1,76 @@
-//! Benchmarks over a remote store (issue 4), all through nginx WebDAV on
-//! loopback started by `scripts/nginx-webdav.sh`: DFTP against `curl -T`
-//! plus `curl` of the same file through the same server in the same run;
-//! the ping round trip while active; the requests per minute of an idle
-//! ping client and server, counted in nginx's access log.
+//! Benchmarks over a remote store (issues 4 and 7), through servers on
+//! loopback started by the scripts in scripts/ and stopped when dropped:
+//! nginx WebDAV (`nginx-webdav.sh`) and SeaweedFS S3 (`seaweedfs.sh`). DFTP
+//! against curl PUT plus GET of the same file through the same server in the
+//! same run; over WebDAV, the ping round trip while active, and the requests
+//! per minute of an idle ping client and server, counted in nginx's access log.
 
-use super::{Ctx, RUNS, Row};
-use crate::util::{Proc, TempDir, human_size, median, random_file, root, run, sha256_file};
+use super::{Ctx, Pings, RUNS, Row, ping_rows};
+use crate::util::{Proc, Samples, TempDir, free_port, human_size, random_file, root, sha256_file, which};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A server on loopback that both the tools and curl can use.
+trait Server {
+    /// The `--store` value for a store below `<prefix>/`.
+    fn store(&self, prefix: &str) -> String;
+    /// The environment the tools need for the store (credentials).
+    fn env(&self) -> Vec<(String, String)>;
+    /// curl's arguments for object `name` on the same server (URL last).
+    fn curl(&self, name: &str) -> Vec<String>;
+}
+
+/// Runs `scripts/<script> start|stop DIR`; `start` prints the server's settings
+/// as KEY=VALUE lines.
+fn script(script: &str, cmd: &str, dir: &Path, env: &[(&str, String)]) -> Result<BTreeMap<String, String>> {
+    let mut c = Command::new("bash");
+    c.arg(root().join("scripts").join(script)).arg(cmd).arg(dir).stderr(Stdio::inherit());
+    c.envs(env.iter().map(|(k, v)| (k, v)));
+    let out = c.output().with_context(|| format!("starting scripts/{script}"))?;
+    if !out.status.success() {
+        bail!("scripts/{script} {cmd} failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+}
+
+/// Stops the servers of an earlier bench that was killed before it could
+/// (a signal runs no destructors, and nginx and weed run detached), and
+/// removes its scratch directory. Each bench's directory is
+/// `<bench-tmp>/run-<pid>-<random>`; a live pid's is left alone.
+pub fn stop_leftovers(bench_tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(bench_tmp) else { return };
+    for run in entries.flatten().map(|e| e.path()) {
+        let name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let pid = name.strip_prefix("run-").and_then(|r| r.split('-').next());
+        if pid.is_some_and(|p| Path::new("/proc").join(p).exists()) {
+            continue;
+        }
+        // Server directories lie at <run>/<bench>/server.
+        for server in std::fs::read_dir(&run).into_iter().flatten().flatten().map(|e| e.path().join("server")) {
+            for (pid_file, which) in [("nginx.pid", "nginx-webdav.sh"), ("weed.pid", "seaweedfs.sh")] {
+                if server.join(pid_file).is_file() {
+                    println!("stopping a server left by an interrupted bench in {}", server.display());
+                    let _ = script(which, "stop", &server, &[]);
+                }
+            }
+            // The magic-wormhole servers (twist), if still the same processes.
+            for name in ["wormhole-mailbox", "transit-relay"] {
+                let Ok(pid) = std::fs::read_to_string(server.join(format!("{name}.pid"))) else { continue };
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+                let plugin = if name == "transit-relay" { "transitrelay" } else { name };
+                if String::from_utf8_lossy(&cmdline).contains(plugin) {
+                    println!("stopping {name} left by an interrupted bench (pid {})", pid.trim());
+                    let _ = Command::new("kill").arg(pid.trim()).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&run);
+    }
+}
 
 /// An nginx WebDAV server on a free loopback port, stopped when dropped.
 struct WebDav {
@@ -19,19 +80,13 @@ struct WebDav {
 
 impl WebDav {
     fn start(dir: &Path, access_log: bool) -> Result<WebDav> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = Command::new("bash");
-        cmd.arg(root().join("scripts/nginx-webdav.sh")).arg("start").arg(dir).env("PORT", port.to_string());
+        let port = free_port()?;
+        let mut env = vec![("PORT", port.to_string())];
         if access_log {
-            cmd.env("ACCESS_LOG", "1");
+            env.push(("ACCESS_LOG", "1".into()));
         }
-        run(cmd.stdout(Stdio::null()), "scripts/nginx-webdav.sh start")?;
+        script("nginx-webdav.sh", "start", dir, &env)?;
         Ok(WebDav { dir: dir.to_path_buf(), port })
-    }
-
-    /// The `--store` value for a store below `/dmp/`.
-    fn store(&self) -> String {
-        format!("webdav://127.0.0.1:{}/dmp", self.port)
     }
 
     fn url(&self, path: &str) -> String {
@@ -41,53 +96,113 @@ impl WebDav {
     fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
     }
+
+    /// Why the WebDAV benchmarks cannot run here, if they cannot.
+    fn missing() -> Option<String> {
+        if which("nginx").is_none() {
+            return Some("not run: nginx is not installed (scripts/install-test-deps.sh)".into());
+        }
+        if !["/usr/lib/nginx/modules", "/usr/share/nginx/modules"]
+            .iter()
+            .any(|d| Path::new(d).join("ngx_http_dav_ext_module.so").is_file())
+        {
+            return Some("not run: libnginx-mod-http-dav-ext is not installed".into());
+        }
+        which("curl").is_none().then(|| "not run: curl is not installed".into())
+    }
+}
+
+impl Server for WebDav {
+    fn store(&self, prefix: &str) -> String {
+        format!("webdav://127.0.0.1:{}/{prefix}", self.port)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn curl(&self, name: &str) -> Vec<String> {
+        vec![self.url(name)]
+    }
 }
 
 impl Drop for WebDav {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(root().join("scripts/nginx-webdav.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .status();
+        let _ = script("nginx-webdav.sh", "stop", &self.dir, &[]);
     }
 }
 
-/// Why the WebDAV benchmarks cannot run here, if they cannot.
-fn missing_server() -> Option<String> {
-    let found = |p: &str| Path::new(p).is_file();
-    let on_path = |b: &str| {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/sbin")])
-            .any(|d| d.join(b).is_file())
-    };
-    if !on_path("nginx") {
-        return Some("not run: nginx is not installed (scripts/install-test-deps.sh)".into());
-    }
-    if !found("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
-        && !found("/usr/share/nginx/modules/ngx_http_dav_ext_module.so")
-    {
-        return Some("not run: libnginx-mod-http-dav-ext is not installed".into());
-    }
-    if !on_path("curl") {
-        return Some("not run: curl is not installed".into());
-    }
-    None
+/// SeaweedFS (`weed mini`) with its S3 gateway on a free loopback port, SigV4
+/// enforced, stopped when dropped.
+struct Seaweed {
+    dir: PathBuf,
+    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... as printed by seaweedfs.sh.
+    env: BTreeMap<String, String>,
 }
 
-fn tool(ctx: &Ctx, name: &str, store: &str) -> Command {
-    let mut cmd = Command::new(ctx.bin.join(name));
-    cmd.arg("--store").arg(store);
-    for k in ["DMP_STORE_USER", "DMP_STORE_PASSWORD", "DMP_PEERS_FILE", "RUST_LOG"] {
-        cmd.env_remove(k);
+impl Seaweed {
+    fn start(dir: &Path) -> Result<Seaweed> {
+        let mut s = Seaweed { dir: dir.to_path_buf(), env: BTreeMap::new() };
+        s.env = script("seaweedfs.sh", "start", dir, &[("PORT", free_port()?.to_string())])?;
+        Ok(s)
     }
-    cmd
+
+    fn var(&self, k: &str) -> &str {
+        self.env.get(k).map_or("", String::as_str)
+    }
+
+    fn missing() -> Option<String> {
+        if which("weed").is_none() {
+            return Some("not run: weed is not installed (scripts/install-test-deps.sh)".into());
+        }
+        which("curl").is_none().then(|| "not run: curl is not installed".into())
+    }
+}
+
+impl Server for Seaweed {
+    fn store(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.var("DMP_TEST_S3_BUCKET"))
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        self.env.iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn curl(&self, name: &str) -> Vec<String> {
+        vec![
+            "--aws-sigv4".into(),
+            format!("aws:amz:{}:s3", self.var("AWS_REGION")),
+            "--user".into(),
+            format!("{}:{}", self.var("AWS_ACCESS_KEY_ID"), self.var("AWS_SECRET_ACCESS_KEY")),
+            format!("{}/{}/{name}", self.var("AWS_ENDPOINT_URL"), self.var("DMP_TEST_S3_BUCKET")),
+        ]
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = script("seaweedfs.sh", "stop", &self.dir, &[]);
+    }
+}
+
+/// A tool on `server`'s store below `/dmp`, with its keys and state in `dir`.
+fn tool(ctx: &Ctx, name: &str, server: &dyn Server, dir: &Path) -> Command {
+    tool_at(ctx, name, server, "dmp", dir)
+}
+
+/// A tool on `server`'s store below `/<prefix>`, with its keys and state in `dir`.
+fn tool_at(ctx: &Ctx, name: &str, server: &dyn Server, prefix: &str, dir: &Path) -> Command {
+    let mut c = ctx.tool(name, server.store(prefix), dir);
+    for k in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        c.env_remove(k);
+    }
+    c.envs(server.env());
+    c
 }
 
 /// Runs curl, its output to `out`, failing on an HTTP error; returns the
 /// seconds it took.
-fn curl(out: &Path, args: &[&str], what: &str) -> Result<f64> {
+fn curl(out: &Path, args: &[String], what: &str) -> Result<f64> {
     let t = Instant::now();
     let st = Command::new("curl").args(["-sS", "--fail", "-o"]).arg(out).args(args).status();
     let st = st.with_context(|| format!("starting curl ({what})"))?;
@@ -100,137 +215,142 @@ fn curl(out: &Path, args: &[&str], what: &str) -> Result<f64> {
 /// DFTP through nginx WebDAV against curl PUT + GET of the same file.
 pub fn webdav_dftp(ctx: &Ctx) -> Result<Vec<Row>> {
     let len: u64 = if ctx.quick { 128 << 20 } else { 1 << 30 };
-    let size = human_size(len);
-    let figure = format!("DFTP {size}, nginx WebDAV, time to finished");
-    if let Some(why) = missing_server() {
+    let figure = format!("DFTP {}, nginx WebDAV, time to finished", human_size(len));
+    if let Some(why) = WebDav::missing() {
         return Ok(vec![Row::skipped(figure, why)]);
     }
     let dir = TempDir::new_in(&ctx.scratch, "webdav")?;
     let server = WebDav::start(&dir.join("server"), false)?;
+    remote_dftp(ctx, &server, &dir, len, figure, "curl -T + curl", 1.2)
+}
+
+/// DFTP through SeaweedFS S3 against curl --aws-sigv4 PUT + GET of the same file.
+pub fn s3_dftp(ctx: &Ctx) -> Result<Vec<Row>> {
+    let len: u64 = if ctx.quick { 128 << 20 } else { 1 << 30 };
+    let figure = format!("DFTP {}, SeaweedFS S3, time to finished", human_size(len));
+    if let Some(why) = Seaweed::missing() {
+        return Ok(vec![Row::skipped(figure, why)]);
+    }
+    let dir = TempDir::new_in(&ctx.scratch, "s3")?;
+    let server = Seaweed::start(&dir.join("server"))?;
+    // No target of its own in the issues; WebDAV's is the natural one.
+    remote_dftp(ctx, &server, &dir, len, figure, "curl --aws-sigv4 PUT + GET", 1.2)
+}
+
+/// DFTP through `server` against curl PUT + GET of the same file through
+/// the same server, pair by pair in each run.
+fn remote_dftp(
+    ctx: &Ctx,
+    server: &dyn Server,
+    dir: &TempDir,
+    len: u64,
+    figure: String,
+    baseline: &str,
+    max_ratio: f64,
+) -> Result<Vec<Row>> {
     let src = dir.join("random.bin");
-    println!("writing a {size} random file");
+    println!("writing a {} random file", human_size(len));
     random_file(&src, len)?;
     let want = sha256_file(&src)?;
-    let (mut dftp_s, mut curl_s, mut ratios, mut puts, mut gets) = (vec![], vec![], vec![], vec![], vec![]);
-    for n in 1..=RUNS {
-        // curl -T and curl of the same file, through the same server.
+    let s = Samples::measure(RUNS, |n, run| {
+        // curl PUT and GET of the same file, through the same server.
         let got = dir.join("curl.bin");
         let null = Path::new("/dev/null");
-        let put = curl(null, &["-T", src.to_str().context("path")?, &server.url("curl.bin")], "PUT")?;
-        let get = curl(&got, &[&server.url("curl.bin")], "GET")?;
+        let with = |pre: &[&str]| pre.iter().map(|s| s.to_string()).chain(server.curl("curl.bin")).collect::<Vec<_>>();
+        let put = curl(null, &with(&["-T", src.to_str().context("path")?]), "PUT")?;
+        let get = curl(&got, &with(&[]), "GET")?;
         if sha256_file(&got)? != want {
             bail!("curl GET returned another file");
         }
         std::fs::remove_file(&got)?;
-        curl(null, &["-X", "DELETE", &server.url("curl.bin")], "DELETE")?;
+        curl(null, &with(&["-X", "DELETE"]), "DELETE")?;
+        run.insert("curl PUT", put);
+        run.insert("curl GET", get);
+        run.insert("curl", put + get);
 
         // The DFTP pair: from the start of both until the sender reports
-        // that the receiver verified the file and put it in place.
+        // that the receiver verified the file and put it in place. A fresh
+        // store and fresh parties each run (a new party that found the
+        // last run's key of its peer in the store would pin that one).
+        let prefix = format!("dmp-{n}");
         let run_dir = TempDir::new_in(dir.path(), "run")?;
         let out = run_dir.join("out");
         std::fs::create_dir(&out)?;
-        let store = server.store();
         let t = Instant::now();
         let mut recv = Proc::spawn_logged(
-            tool(ctx, "dftp-receive", &store).args(["alice", "bob"]).arg(&out).arg("--json"),
+            tool_at(ctx, "dftp-receive", server, &prefix, &run_dir.join("bob"))
+                .args(["alice", "bob"])
+                .arg(&out)
+                .args(super::DFTP_ARGS),
             "dftp-receive",
             run_dir.path(),
         )?;
         let mut send = Proc::spawn_logged(
-            tool(ctx, "dftp-send", &store).args(["bob", "alice"]).arg(&src).arg("--json"),
+            tool_at(ctx, "dftp-send", server, &prefix, &run_dir.join("alice"))
+                .args(["bob", "alice"])
+                .arg(&src)
+                .args(super::DFTP_ARGS),
             "dftp-send",
             run_dir.path(),
         )?;
-        let st = send.wait_timeout(Duration::from_secs(900))?;
-        let wall = t.elapsed().as_secs_f64();
+        let st = send.wait_timeout(Duration::from_secs(1800))?;
+        run.insert("dftp", t.elapsed().as_secs_f64());
         send.check(st)?;
         let st = recv.wait_timeout(Duration::from_secs(60))?;
         recv.check(st)?;
         if sha256_file(&out.join("random.bin"))? != want {
-            bail!("run {n}: the received file differs from the sent one (SHA-256)");
+            bail!("the received file differs from the sent one (SHA-256)");
         }
-        let base = put + get;
-        println!(
-            "run {n}: dftp {wall:.3} s ({:.0} MB/s), curl PUT {put:.3} s + GET {get:.3} s = {base:.3} s, ratio {:.2}",
-            len as f64 / 1e6 / wall,
-            wall / base
-        );
-        dftp_s.push(wall);
-        curl_s.push(base);
-        ratios.push(wall / base);
-        puts.push(put);
-        gets.push(get);
-    }
-    let mbps = len as f64 / 1e6 / median(&dftp_s);
+        Ok(())
+    })?;
+    let mbps = len as f64 / 1e6 / s.median("dftp");
     Ok(vec![
-        Row::new(figure, median(&dftp_s), "s").vs("curl -T + curl", median(&curl_s), Some(median(&ratios)), 1.2).note(
-            format!(
+        Row::new(figure, s.median("dftp"), "s")
+            .vs(baseline, s.median("curl"), Some(s.ratio("dftp", "curl")), max_ratio)
+            .note(format!(
                 "{mbps:.0} MB/s; curl PUT {:.2} s + GET {:.2} s (medians); ratio = median of {RUNS} per-run ratios; \
              SHA-256 verified",
-                median(&puts),
-                median(&gets)
-            ),
-        ),
+                s.median("curl PUT"),
+                s.median("curl GET")
+            )),
     ])
 }
 
 /// Ping round trip over WebDAV while active (a request every 10 ms).
 pub fn webdav_ping(ctx: &Ctx) -> Result<Vec<Row>> {
-    let figure = "ping rtt p50, nginx WebDAV, -i 0.01";
-    if let Some(why) = missing_server() {
-        return Ok(vec![Row::skipped(figure, why)]);
+    if let Some(why) = WebDav::missing() {
+        return Ok(vec![Row::skipped("ping rtt, nginx WebDAV", why)]);
     }
     let count = if ctx.quick { 100 } else { 300 };
     let dir = TempDir::new_in(&ctx.scratch, "webdav-ping")?;
     let server = WebDav::start(&dir.join("server"), false)?;
-    let store = server.store();
-    let mut srv = Proc::spawn_logged(tool(ctx, "dmp-ping-server", &store).arg("bob"), "dmp-ping-server", dir.path())?;
-    // The server finds a new client by listing the store (every 5 s when
-    // idle): a first short run makes the introductions.
-    let mut warm = Proc::spawn_logged(
-        tool(ctx, "dmp-ping-client", &store).args(["bob", "alice", "-c", "3", "-i", "0.05", "-W", "30", "-q"]),
-        "warm-up",
+    let mut srv = Proc::spawn_logged(
+        tool(ctx, "dmp-ping-server", &server, &dir.join("bob")).arg("bob"),
+        "dmp-ping-server",
         dir.path(),
     )?;
-    let st = warm.wait_timeout(Duration::from_secs(60))?;
-    warm.check(st)?;
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
-    for n in 1..=RUNS {
-        let mut client = Proc::spawn_logged(
-            tool(ctx, "dmp-ping-client", &store).args([
-                "bob",
-                "alice",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "5",
-                "--json",
-                "-q",
-            ]),
-            &format!("dmp-ping-client-{n}"),
+    // The server finds a new client by listing the store (every 5 s when
+    // idle): a first short run makes the introductions.
+    let warm = Pings::start(tool(ctx, "dmp-ping-client", &server, &dir.join("alice")), "alice", 3, "0.05", dir.path())?;
+    Pings::finish(warm).context("warm-up")?;
+    let s = Samples::measure(RUNS, |_, run| {
+        let c = Pings::start(
+            tool(ctx, "dmp-ping-client", &server, &dir.join("alice")),
+            "alice",
+            count,
+            "0.01",
             dir.path(),
         )?;
-        let st = client.wait_timeout(Duration::from_secs(120))?;
-        client.check(st)?;
-        let v: serde_json::Value =
-            serde_json::from_str(client.stdout().trim()).context("parsing dmp-ping-client --json output")?;
-        let p50 = v["rtt_ms"]["p50"].as_f64().context("no rtt_ms.p50")?;
-        let p99 = v["rtt_ms"]["p99"].as_f64().context("no rtt_ms.p99")?;
-        println!("run {n}: {count} pings, p50 {p50:.3} ms, p99 {p99:.3} ms, loss {}%", v["loss_pct"]);
-        p50s.push(p50);
-        p99s.push(p99);
-    }
+        Pings::finish(c)?.record(run);
+        Ok(())
+    })?;
     srv.stop()?;
-    let runs = |xs: &[f64]| xs.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
-    Ok(vec![
-        Row::new(figure, median(&p50s), "ms")
-            .at_most(2.0)
-            .note(format!("{RUNS} runs × {count} pings, each a new client session: {}", runs(&p50s))),
-        Row::new("ping rtt p99, nginx WebDAV, -i 0.01", median(&p99s), "ms")
-            .note(format!("runs: {}; the first pings of a session wait for the server to see it", runs(&p99s))),
-    ])
+    Ok(ping_rows(
+        &s,
+        "nginx WebDAV",
+        2.0,
+        &format!("{count} pings at -i 0.01 per run, each a new client session after a warm-up"),
+    ))
 }
 
 /// Which party made a request, from the access log line
@@ -252,25 +372,26 @@ fn requester(line: &str) -> Option<String> {
 /// Requests per minute of an idle ping server and client over WebDAV.
 pub fn webdav_idle(ctx: &Ctx) -> Result<Vec<Row>> {
     let figures = ["idle requests/min, dmp-ping-client, WebDAV", "idle requests/min, dmp-ping-server, WebDAV"];
-    if let Some(why) = missing_server() {
+    if let Some(why) = WebDav::missing() {
         return Ok(figures.iter().map(|f| Row::skipped(*f, why.clone())).collect());
     }
     let window = Duration::from_secs(if ctx.quick { 10 } else { 20 });
-    let (mut client_rpm, mut server_rpm) = (Vec::new(), Vec::new());
-    for n in 1..=RUNS {
+    let samples = Samples::measure(RUNS, |_, run| {
         let dir = TempDir::new_in(&ctx.scratch, "webdav-idle")?;
         let server = WebDav::start(&dir.join("server"), true)?;
-        let store = server.store();
         // The client first, so that the server finds it at its first listing;
         // one ping now, the next in 60 s.
         let mut client = Proc::spawn_logged(
-            tool(ctx, "dmp-ping-client", &store).args(["bob", "alice", "-i", "60", "-W", "30"]),
+            tool(ctx, "dmp-ping-client", &server, &dir.join("alice")).args(["bob", "alice", "-i", "60", "-W", "30"]),
             "dmp-ping-client",
             dir.path(),
         )?;
         std::thread::sleep(Duration::from_millis(300));
-        let mut srv =
-            Proc::spawn_logged(tool(ctx, "dmp-ping-server", &store).arg("bob"), "dmp-ping-server", dir.path())?;
+        let mut srv = Proc::spawn_logged(
+            tool(ctx, "dmp-ping-server", &server, &dir.join("bob")).arg("bob"),
+            "dmp-ping-server",
+            dir.path(),
+        )?;
         let end = Instant::now() + Duration::from_secs(30);
         while !client.stdout().contains("reply from bob") {
             if Instant::now() > end {
@@ -295,21 +416,23 @@ pub fn webdav_idle(ctx: &Ctx) -> Result<Vec<Row>> {
         }
         client.terminate()?;
         srv.stop()?;
-        if other > 0 {
-            println!("run {n}: {other} requests not attributed to either party");
-        }
         let per_min = |k: u64| k as f64 * 60.0 / secs;
-        println!("run {n}: over {secs:.1} s the client made {c} requests, the server {s}");
-        client_rpm.push(per_min(c));
-        server_rpm.push(per_min(s));
-    }
+        run.insert("client", per_min(c));
+        run.insert("server", per_min(s));
+        run.insert("unattributed", per_min(other));
+        Ok(())
+    })?;
     let note = format!(
         "{RUNS} runs, requests in nginx's access log over {} s, client pinging every 60 s, one client",
         window.as_secs()
     );
     Ok(vec![
-        Row::new(figures[0], median(&client_rpm), "req/min").at_most(60.0).note(note.clone()),
-        Row::new(figures[1], median(&server_rpm), "req/min").at_most(60.0).note(note),
+        Row::new(figures[0], samples.median("client"), "req/min")
+            .at_most(60.0)
+            .note(format!("{note}; runs: {}", samples.list("client"))),
+        Row::new(figures[1], samples.median("server"), "req/min")
+            .at_most(60.0)
+            .note(format!("{note}; runs: {}", samples.list("server"))),
     ])
 }
 

@@ -24,8 +24,11 @@ commands:
                           a ping server and client, then a DFTP file transfer
   dist                    release builds of the four tools with man pages and
                           bash, zsh and fish completions in target/dist
-  bench [--quick] [NAME]  benchmarks in release mode; a Markdown table on
-                          stdout and target/bench.json (bench --help lists them)
+  bench [--quick] [--peers] [NAME...]
+                          benchmarks in release mode next to cp, curl,
+                          magic-wormhole and NNCP (--peers installs those);
+                          a Markdown table on stdout and target/bench.json
+                          (bench --help lists them)
 ";
 
 fn main() -> ExitCode {

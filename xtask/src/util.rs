@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -299,6 +300,113 @@ pub fn median(xs: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The `p`-th percentile (0 to 100, nearest rank) of a non-empty list; NaN if empty.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// The figures of one run of a benchmark, by name.
+pub type Run = BTreeMap<&'static str, f64>;
+
+/// Figures measured once per run: medians across runs, and ratios measured
+/// pair by pair (the median of the per-run ratios, over the runs that
+/// measured both), so that a noisy moment on a shared machine weighs on
+/// both sides of a ratio alike.
+#[derive(Debug, Default)]
+pub struct Samples {
+    runs: Vec<Run>,
+}
+
+impl Samples {
+    /// Runs `f` `n` times (run numbers 1..=n); each run fills in its figures,
+    /// which are printed as they come.
+    pub fn measure(n: usize, mut f: impl FnMut(usize, &mut Run) -> Result<()>) -> Result<Samples> {
+        let mut s = Samples::default();
+        for i in 1..=n {
+            let mut run = Run::new();
+            f(i, &mut run).with_context(|| format!("run {i} of {n}"))?;
+            let shown: Vec<String> = run.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+            println!("run {i}: {}", shown.join(", "));
+            s.runs.push(run);
+        }
+        Ok(s)
+    }
+
+    /// The values of figure `k`, one per run that measured it.
+    pub fn values(&self, k: &str) -> Vec<f64> {
+        self.runs.iter().filter_map(|r| r.get(k).copied()).collect()
+    }
+
+    /// True when at least one run measured `k`.
+    pub fn has(&self, k: &str) -> bool {
+        self.runs.iter().any(|r| r.contains_key(k))
+    }
+
+    pub fn median(&self, k: &str) -> f64 {
+        median(&self.values(k))
+    }
+
+    pub fn max(&self, k: &str) -> f64 {
+        self.values(k).into_iter().fold(f64::NAN, f64::max)
+    }
+
+    /// The median over runs of `a / b`, from runs that measured both.
+    pub fn ratio(&self, a: &str, b: &str) -> f64 {
+        let r: Vec<f64> = self.runs.iter().filter_map(|r| Some(r.get(a)? / r.get(b)?)).collect();
+        median(&r)
+    }
+
+    /// The values of `k` as "0.123, 0.130, 0.125", for notes.
+    pub fn list(&self, k: &str) -> String {
+        self.values(k).iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until 127.0.0.1:`port` accepts connections, for up to `timeout`.
+pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= end {
+            bail!("nothing listens on 127.0.0.1:{port} after {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The full path of program `name` on PATH (or in /usr/sbin), if installed.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs `cmd` to completion with its output captured; fails with stderr's
+/// tail unless it exits 0 within `timeout`. Returns stdout.
+pub fn output(cmd: &mut Command, what: &str, timeout: Duration, logs: &Path) -> Result<String> {
+    let mut p = Proc::spawn_logged(cmd, what, logs)?;
+    let st = p.wait_timeout(timeout)?;
+    p.check(st)?;
+    Ok(p.stdout())
+}
+
+/// `sync(1)`: flushes every file system's dirty pages.
+pub fn sync() -> Result<()> {
+    run(&mut Command::new("sync"), "sync")
 }
 
 /// `n` bytes as "64 MiB", "1 GiB".
