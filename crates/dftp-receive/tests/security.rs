@@ -919,3 +919,30 @@ fn interrupted_in_plaintext_then_run_encrypted() {
 fn interrupted_encrypted_then_run_in_plaintext() {
     switch_modes("interrupted_encrypted_then_run_in_plaintext", &[], &["--insecure-plaintext"]);
 }
+
+/// A stale key file of the sender (an old install's) sits in the store when
+/// the receiver first meets it: the receiver pins that key. When the sender
+/// then publishes its real key, nothing it sends opens; the receiver looks
+/// at the published key again and stops with the changed-key error instead
+/// of waiting forever (as it did before).
+#[test]
+fn a_pin_taken_from_a_stale_key_file_is_reported_not_waited_on() {
+    let sb = Sandbox::new();
+    let src = sb.path("data.bin");
+    random_file(&src, 300 * KIB, 7);
+    let dir = sb.mkdir("in");
+    let old = Identity::from_seed(b"an old install of alice, long gone");
+    publish_key(&sb, SENDER, old.public());
+    let recv = spawn_recv(&sb, &dir, &["--timeout", "60"]);
+    wait_until(Duration::from_secs(30), "the receiver to pin the stale key", || {
+        std::fs::read_to_string(sb.config.join("known_peers")).is_ok_and(|t| t.contains(&old.public().to_hex()))
+    });
+    let send = spawn_send(&sb, &src, &["--timeout", "60"]);
+    let started = Instant::now();
+    let f = recv.wait();
+    assert_eq!(f.code, Some(1), "{}", f.describe());
+    assert!(f.stderr.contains("the key of alice changed"), "{}", f.describe());
+    assert!(started.elapsed() < Duration::from_secs(30), "reported after {:?}", started.elapsed());
+    assert!(entries(&dir).is_empty(), "nothing written: {:?}", entries(&dir));
+    drop(send);
+}

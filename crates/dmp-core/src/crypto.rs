@@ -46,6 +46,12 @@ fn gcm(key: &[u8; 32]) -> Gcm {
     ring::aead::LessSafeKey::new(k)
 }
 
+/// True when `reason` (a rejected file's) says it did not open: sealed by
+/// another key than the one in use, or altered.
+pub fn is_open_failure(reason: &str) -> bool {
+    reason.contains("authentication failed")
+}
+
 /// A party's public key (X25519, 32 bytes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey(<Kem as KemTrait>::PublicKey);

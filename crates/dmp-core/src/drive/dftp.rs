@@ -102,6 +102,32 @@ async fn remove_stale_chunks(store: &dyn Store, dir: &Key) {
     }
 }
 
+/// When to look again at the peer's published key: once files of the peer
+/// fail to open (at most every 2 s), see [`Security::recheck`].
+#[derive(Default)]
+struct KeyRecheck {
+    at: Option<Duration>,
+    last: Option<Duration>,
+}
+
+impl KeyRecheck {
+    fn rejected(&mut self, now: Duration, reason: &str) {
+        if crate::crypto::is_open_failure(reason) && self.at.is_none() {
+            let t = self.last.map_or(now, |l| (l + Duration::from_secs(2)).max(now));
+            self.at = Some(t);
+        }
+    }
+
+    fn due(&mut self, now: Duration) -> bool {
+        if self.at.is_some_and(|t| t <= now) {
+            self.at = None;
+            self.last = Some(now);
+            return true;
+        }
+        false
+    }
+}
+
 /// Sends one file to `peer`, resuming an interrupted transfer of the same
 /// file when a state file says so.
 pub async fn send_file(
@@ -179,6 +205,7 @@ pub async fn send_file(
     let mut last_progress = (clock.now(), m.acked_bytes(), m.phase());
     let mut finished_early = Vec::new();
     m.wake(clock.now());
+    let mut recheck = KeyRecheck::default();
     let outcome = loop {
         let mut ended = None;
         if let (true, Some(sec)) = (m.needs_key(), &opts.security) {
@@ -186,6 +213,11 @@ pub async fn send_file(
                 Ok(Some(c)) => m.set_crypto(clock.now(), c),
                 Ok(None) => {}
                 Err(e) => break Err(TransferError::Failed(e.to_string())),
+            }
+        }
+        if let (true, Some(sec)) = (recheck.due(clock.now()), &opts.security) {
+            if let Err(e) = sec.recheck(store, &peer).await {
+                break Err(TransferError::Failed(e.to_string()));
             }
         }
         // Outputs in order: store operations are queued (and run
@@ -224,7 +256,10 @@ pub async fn send_file(
                     SendOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
                     SendOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
                     SendOut::Finished { sha256 } => ended = Some(Ok(sha256)),
-                    SendOut::Rejected { key, reason } => tracing::debug!("not yet usable: {key}: {reason}"),
+                    SendOut::Rejected { key, reason } => {
+                        tracing::debug!("not yet usable: {key}: {reason}");
+                        recheck.rejected(clock.now(), &reason);
+                    }
                     SendOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
                 }
             }
@@ -505,6 +540,7 @@ pub async fn receive_file(
     let mut final_path: Option<PathBuf> = None;
     let mut finished_early = Vec::new();
     m.wake(clock.now());
+    let mut recheck = KeyRecheck::default();
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
         if let (true, Some(sec)) = (m.needs_key(), &opts.security) {
@@ -512,6 +548,11 @@ pub async fn receive_file(
                 Ok(Some(c)) => m.set_crypto(clock.now(), c),
                 Ok(None) => {}
                 Err(e) => break Err(TransferError::Failed(e.to_string())),
+            }
+        }
+        if let (true, Some(sec)) = (recheck.due(clock.now()), &opts.security) {
+            if let Err(e) = sec.recheck(store, &peer).await {
+                break Err(TransferError::Failed(e.to_string()));
             }
         }
         // As in `send_file`: store operations queued, the rest done in order.
@@ -569,7 +610,10 @@ pub async fn receive_file(
                     RecvOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
                     RecvOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
                     RecvOut::Finished { sha256 } => ended = Some(Ok(sha256)),
-                    RecvOut::Rejected { key, reason } => tracing::debug!("not yet usable: {key}: {reason}"),
+                    RecvOut::Rejected { key, reason } => {
+                        tracing::debug!("not yet usable: {key}: {reason}");
+                        recheck.rejected(clock.now(), &reason);
+                    }
                     RecvOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
                 }
             }

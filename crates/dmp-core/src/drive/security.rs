@@ -34,6 +34,21 @@ impl Security {
         PeerCrypto::new(self.identity.clone(), key, self.rng.clone())
     }
 
+    /// Checks that the key `peer` publishes is still the pinned one: a peer
+    /// whose messages stop opening may have a new key (a fresh key file
+    /// after a reinstall; or the pin was taken from an old key file left in
+    /// the store). A different one is the usual "changed key" error, so
+    /// the transfer stops with both fingerprints instead of waiting forever.
+    pub async fn recheck(&self, store: &dyn Store, peer: &PeerId) -> Result<(), KeyError> {
+        let (Some(pinned), Ok(Some(published))) = (self.known.get(peer)?, fetch_published(store, peer).await) else {
+            return Ok(());
+        };
+        if pinned == published {
+            return Ok(());
+        }
+        self.known.check(peer, &published).map(|_| ())
+    }
+
     /// The keys for talking to `peer`, once its key is known: pinned
     /// beforehand, or published in its outbox and pinned now (first
     /// contact). `Ok(None)` while neither exists.
