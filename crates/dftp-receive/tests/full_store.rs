@@ -118,11 +118,14 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
     let dir = sb.mkdir("dl");
     let send_extra = ["-b", "1m", "--quota", "4m"];
 
-    let recv = sb.spawn("dftp-receive", recv_args(&sb, &dir));
+    let mut recv = sb.spawn("dftp-receive", recv_args(&sb, &dir));
     let mut send: Proc = sb.spawn("dftp-send", send_args(&sb, &src, &send_extra));
     // Let the transfer get going, then fill the store to the brim with
     // someone else's file (written in small pieces until ENOSPC).
     wait_until(TIMEOUT, "the transfer to start", || part_file(&dir).and_then(|p| file_len(&p)).unwrap_or(0) > 0);
+    // The receiver pauses while the store fills: a transfer this size takes
+    // well under a second, and must not finish before the store is full.
+    recv.signal("STOP");
     let filler = sb.store.join("someone-elses-file.bin");
     {
         use std::io::Write;
@@ -132,6 +135,7 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
         let _ = f.sync_all();
     }
     eprintln!("{test}: the store is full: {} bytes used of {STORE_MIB} MiB", store_used(&sb));
+    recv.signal("CONT");
 
     // For a while, the transfer cannot go on: the sender waits (and says
     // it is retrying) or gives up with one clear line. Nothing corrupt.

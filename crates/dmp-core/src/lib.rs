@@ -8,6 +8,7 @@
 //! - [`sim`]: deterministic simulation of both parties against a faulty,
 //!   eventually consistent store (for tests and `cargo xtask sim`).
 
+pub mod buf;
 pub mod crypto;
 pub mod drive;
 pub mod id;

@@ -238,10 +238,12 @@ pub async fn send_file(
                         // Send the queued requests on their way first.
                         finished_early.extend(ops.kick());
                         // Room for the seal, so that encrypting in place never reallocates.
-                        let mut buf = Vec::with_capacity(len as usize + crate::crypto::SEAL_OVERHEAD);
+                        let mut buf = crate::buf::vec(len as usize + crate::crypto::SEAL_OVERHEAD);
                         buf.resize(len as usize, 0);
-                        let r =
-                            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf)).map_err(|e| e.to_string());
+                        let r = file
+                            .read_exact_at(&mut buf, offset)
+                            .map(|()| crate::buf::freeze(buf))
+                            .map_err(|e| e.to_string());
                         m.on_read(clock.now(), index, r);
                     }
                     SendOut::Persist => {

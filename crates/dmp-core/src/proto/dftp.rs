@@ -501,11 +501,12 @@ impl DftpSender {
             self.hashed += 1;
             let data = match &self.crypto {
                 Some(c) => {
-                    let mut v = Vec::from(data);
-                    v.reserve_exact(SEAL_OVERHEAD);
+                    // Sealed into a buffer of its own: the hasher may still be reading `data`.
+                    let mut v = crate::buf::vec(data.len() + SEAL_OVERHEAD);
+                    v.extend_from_slice(&data);
                     let aad = chunk_aad(self.link.me(), self.link.peer(), &self.st.offer.transfer, idx, v.len() as u64);
                     c.seal_in_place(INFO_CHUNK, &aad, &mut v);
-                    Bytes::from(v)
+                    crate::buf::freeze(v)
                 }
                 None => data,
             };
@@ -1271,7 +1272,7 @@ impl DftpReceiver {
                     let aad = chunk_aad(&peer, &me, &msg.transfer, index, msg.len);
                     match c.open_in_place(INFO_CHUNK, &aad, &mut bytes) {
                         Ok(()) => {
-                            *data = Some(Bytes::from(bytes));
+                            *data = Some(crate::buf::freeze(bytes));
                             None
                         }
                         Err(e) => Some((true, format!("chunk {index}: {e}"))),
@@ -1279,7 +1280,7 @@ impl DftpReceiver {
                 } else if secure {
                     Some((false, format!("chunk {index}: no key yet")))
                 } else {
-                    *data = Some(Bytes::from(bytes));
+                    *data = Some(crate::buf::freeze(bytes));
                     None
                 }
             }

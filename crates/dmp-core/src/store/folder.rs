@@ -184,7 +184,7 @@ impl FolderStore {
                 max: max_len,
             });
         }
-        let mut buf = Vec::with_capacity(meta.len() as usize);
+        let mut buf = crate::buf::vec(meta.len() as usize);
         // Read at most one byte past the limit, in case the file grew.
         f.take(max_len + 1).read_to_end(&mut buf).map_err(|e| self.err("get", key, e))?;
         if buf.len() as u64 > max_len {
