@@ -318,6 +318,9 @@ impl Store for FolderStore {
             let stop = Arc::new(AtomicBool::new(false));
             let exact = dir == target;
             let (moved_tx, moved_rx) = std::sync::mpsc::channel::<()>();
+            // The directory below may appear between finding `dir` and the
+            // watch taking hold: the thread below looks once at the start.
+            let _ = moved_tx.send(());
             let watcher = if watch {
                 let (r, root) = (rec.clone(), root.clone());
                 let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -358,11 +361,15 @@ impl Store for FolderStore {
                 std::thread::Builder::new()
                     .name("dmp-watch".into())
                     .spawn(move || {
+                        let mut again = false;
                         while !stop.load(Ordering::Relaxed) {
-                            match moved_rx.recv_timeout(Duration::from_millis(500)) {
-                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                                _ => {}
+                            if !again {
+                                match moved_rx.recv_timeout(Duration::from_millis(500)) {
+                                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                                    _ => {}
+                                }
                             }
+                            again = false;
                             let next = nearest_dir(&target, &at);
                             if next == at {
                                 continue;
@@ -382,6 +389,8 @@ impl Store for FolderStore {
                                 if deeper {
                                     return;
                                 }
+                                // The next level may have appeared before this watch.
+                                again = true;
                             }
                         }
                     })
