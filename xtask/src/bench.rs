@@ -231,7 +231,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for b in BENCHES.iter().filter(|b| only.is_empty() || only.iter().any(|n| n == b.name)) {
         heading(&format!("bench {}: {}{}", b.name, b.about, if quick { " (quick)" } else { "" }));
-        match (b.run)(&ctx) {
+        let started = std::time::Instant::now();
+        let r = (b.run)(&ctx);
+        println!("(bench {} took {:.0} s)", b.name, started.elapsed().as_secs_f64());
+        match r {
             Ok(r) => rows.extend(r),
             Err(e) => {
                 eprintln!("error: bench {} failed: {e:#}", b.name);

@@ -607,6 +607,17 @@ pub async fn run_ping_server(
                 pace.woke(&ops);
                 let now = clock.now();
                 let set = changes.take();
+                // A client waiting for its key (or for its outbox to me,
+                // which comes with its first ping) is looked up again as
+                // soon as its files change, not at the next periodic check.
+                if security.is_some()
+                    && machine
+                        .clients_needing_key()
+                        .iter()
+                        .any(|c| !key_next.contains_key(c) && Key::new([c.as_str()]).is_ok_and(|k| set.touches(&k)))
+                {
+                    last_key_check = None;
+                }
                 // Now and then (and on every poll of a store that cannot say
                 // what changed) every link looks, and the root is listed.
                 if set.all || now.saturating_sub(last_full) >= FULL_WAKE_EVERY {
