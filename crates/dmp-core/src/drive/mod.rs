@@ -610,7 +610,10 @@ pub async fn run_ping_server(
                 // A client waiting for its key (or for its outbox to me,
                 // which comes with its first ping) is looked up again as
                 // soon as its files change, not at the next periodic check.
+                // (Only for changes with paths: a poll of a store that cannot
+                // say what changed would look every client up at every poll.)
                 if security.is_some()
+                    && !set.all
                     && machine
                         .clients_needing_key()
                         .iter()
