@@ -4,7 +4,9 @@
 //! - `<config>/keys/<id>.key`: my secret key (hex), mode 0600, created on first use.
 //! - `<config>/known_peers`: pinned peer keys, one `<peer-id> <public key hex>` per
 //!   line (`#` comments), like ssh's known_hosts. A key may be added by hand
-//!   beforehand; otherwise it is pinned on first contact.
+//!   beforehand; otherwise it is pinned on first contact. Every update
+//!   holds an exclusive lock on `<config>/known_peers.lock` (the tools of
+//!   one user share the file) and replaces the file by a rename.
 //! - `<store>/<id>/key`: my public key, JSON `{"v":1,"id":"<id>","x25519":"<hex>"}`.
 //!
 //! `<config>` is `$DMP_CONFIG_DIR`, else `<user config dir>/dmp` (`~/.config/dmp`).
@@ -170,8 +172,32 @@ impl KnownPeers {
         Ok(None)
     }
 
+    /// Runs `f` holding an exclusive lock on `known_peers.lock` beside the
+    /// file: the tools of one user share the file, and two read-modify-write
+    /// updates at once (two first contacts) would lose one of the pins.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, KeyError>) -> Result<T, KeyError> {
+        if let Some(d) = self.path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        }
+        let lock_path = self.path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        lock.lock().map_err(|e| io(&lock_path, e))?;
+        let r = f();
+        drop(lock);
+        r
+    }
+
     /// Checks `key` against the pinned key of `peer`, pinning it on first contact.
     pub fn check(&self, peer: &PeerId, key: &PublicKey) -> Result<Pin, KeyError> {
+        self.locked(|| self.check_unlocked(peer, key))
+    }
+
+    fn check_unlocked(&self, peer: &PeerId, key: &PublicKey) -> Result<Pin, KeyError> {
         match self.get(peer)? {
             Some(p) if &p == key => Ok(Pin::Known),
             Some(p) => Err(KeyError::Changed {
@@ -181,7 +207,7 @@ impl KnownPeers {
                 file: self.path.display().to_string(),
             }),
             None => {
-                self.pin(peer, key)?;
+                self.pin_unlocked(peer, key)?;
                 Ok(Pin::Pinned)
             }
         }
@@ -189,9 +215,10 @@ impl KnownPeers {
 
     /// Pins `key` for `peer`, replacing any earlier pin.
     pub fn pin(&self, peer: &PeerId, key: &PublicKey) -> Result<(), KeyError> {
-        if let Some(d) = self.path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
-        }
+        self.locked(|| self.pin_unlocked(peer, key))
+    }
+
+    fn pin_unlocked(&self, peer: &PeerId, key: &PublicKey) -> Result<(), KeyError> {
         let mut lines: Vec<String> = match std::fs::read_to_string(&self.path) {
             Ok(t) => {
                 t.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).map(str::to_owned).collect()
@@ -199,16 +226,23 @@ impl KnownPeers {
             Err(_) => vec!["# dmp pinned peer keys: <peer-id> <x25519 public key hex>".to_owned()],
         };
         lines.push(format!("{peer} {}", key.to_hex()));
+        self.replace(&lines.join("\n"))
+    }
+
+    /// Writes the file anew (to a temporary name, then renamed into place).
+    fn replace(&self, text: &str) -> Result<(), KeyError> {
         let tmp = self.path.with_extension(format!("tmp{:08x}", fastrand::u32(..)));
-        std::fs::write(&tmp, lines.join("\n") + "\n").map_err(|e| io(&tmp, e))?;
+        std::fs::write(&tmp, text.to_owned() + "\n").map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| io(&self.path, e))
     }
 
     /// Forgets the pin of `peer` (to accept a new key deliberately).
     pub fn forget(&self, peer: &PeerId) -> Result<(), KeyError> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
-        let kept: Vec<&str> = text.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).collect();
-        std::fs::write(&self.path, kept.join("\n") + "\n").map_err(|e| io(&self.path, e))
+        self.locked(|| {
+            let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
+            let kept: Vec<&str> = text.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).collect();
+            self.replace(&kept.join("\n"))
+        })
     }
 }
 
@@ -288,6 +322,30 @@ mod tests {
         assert!(err.contains("known_peers"), "{err}");
         kp.forget(&bob).unwrap();
         assert_eq!(kp.check(&bob, &k2).unwrap(), Pin::Pinned);
+    }
+
+    #[test]
+    fn first_contacts_at_the_same_time_keep_every_pin() {
+        // Regression: the tools of one user share known_peers; two first
+        // contacts at once each rewrote the file from what they had read,
+        // and one pin was lost (a later changed key was then taken as a
+        // first contact).
+        let d = tempfile::tempdir().unwrap();
+        let peers: Vec<PeerId> = (0..16).map(|i| PeerId::new(&format!("peer{i}")).unwrap()).collect();
+        std::thread::scope(|s| {
+            for (i, p) in peers.iter().enumerate() {
+                let dir = d.path().to_owned();
+                s.spawn(move || {
+                    let seed = format!("seed {i:02} for tests only............");
+                    let k = Identity::from_seed(seed.as_bytes()).public().clone();
+                    assert_eq!(KnownPeers::open(&dir).check(p, &k).unwrap(), Pin::Pinned);
+                });
+            }
+        });
+        let kp = KnownPeers::open(d.path());
+        for p in &peers {
+            assert!(kp.get(p).unwrap().is_some(), "{p} is still pinned");
+        }
     }
 
     #[test]
