@@ -265,6 +265,31 @@ impl Proc {
         assert!(st.success() || !self.is_running(), "kill -s {sig} {} failed", self.pid());
     }
 
+    /// Pauses the process with SIGSTOP and returns once every one of its
+    /// threads is stopped (`kill` only queues the signal; a busy machine
+    /// may let the process run on for a while). False if it had exited.
+    pub fn pause(&mut self) -> bool {
+        self.signal("STOP");
+        let task = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let until = Instant::now() + TIMEOUT;
+        loop {
+            if !self.is_running() {
+                return false;
+            }
+            let states: Vec<String> = std::fs::read_dir(&task)
+                .map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok()).collect())
+                .unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let stopped =
+                |s: &String| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T') || r.starts_with('t'));
+            if !states.is_empty() && states.iter().all(stopped) {
+                return true;
+            }
+            assert!(Instant::now() < until, "{} did not stop within {} s of SIGSTOP", self.label, TIMEOUT.as_secs());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// True until the process has exited (reaping it when it has).
     pub fn is_running(&mut self) -> bool {
         if self.status.is_some() {
