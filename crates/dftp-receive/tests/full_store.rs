@@ -108,10 +108,36 @@ fn a_file_six_times_the_store_arrives_with_a_quota_that_fits() {
 #[test]
 fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
     let test = "a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt";
+    // The receiver is paused as soon as it has accepted the offer. On a
+    // busy machine the test may see that too late, with the transfer (a
+    // fraction of a second) nearly done: then the scenario did not happen
+    // and is set up again, rather than passing or failing by luck.
+    for attempt in 0..3 {
+        match full_store_attempt(test, attempt) {
+            Attempt::Done => return,
+            Attempt::TooLate(at) => eprintln!(
+                "{test}: attempt {}: {at} bytes had arrived before the receiver stopped; setting up again",
+                attempt + 1
+            ),
+            Attempt::Skipped => return,
+        }
+    }
+    panic!("{test}: in 3 attempts the transfer always got too far before the receiver could be paused");
+}
+
+enum Attempt {
+    Done,
+    /// The receiver had this many bytes before it could be paused.
+    TooLate(u64),
+    Skipped,
+}
+
+fn full_store_attempt(test: &str, attempt: u64) -> Attempt {
     let sb = Sandbox::new();
-    let Some(_tmpfs) = Tmpfs::mount(test, &sb.store) else { return };
-    let seed = dmp_testkit::seed(test);
+    let Some(_tmpfs) = Tmpfs::mount(test, &sb.store) else { return Attempt::Skipped };
+    let seed = dmp_testkit::seed(test).wrapping_add(attempt);
     let size = 24 * MIB;
+    let quota = 4 * MIB;
     let src = sb.mkdir("src").join("big.bin");
     random_file(&src, size, seed);
     let src_bytes = std::fs::read(&src).expect("source");
@@ -120,12 +146,27 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
 
     let mut recv = sb.spawn("dftp-receive", recv_args(&sb, &dir));
     let mut send: Proc = sb.spawn("dftp-send", send_args(&sb, &src, &send_extra));
-    // Let the transfer get going, then fill the store to the brim with
-    // someone else's file (written in small pieces until ENOSPC).
-    wait_until(TIMEOUT, "the transfer to start", || part_file(&dir).and_then(|p| file_len(&p)).unwrap_or(0) > 0);
-    // The receiver pauses while the store fills: a transfer this size takes
-    // well under a second, and must not finish before the store is full.
-    recv.signal("STOP");
+    // Once the first chunk has been acknowledged (the sender, whose quota
+    // holds 4 chunks, has staged the 5th), pause the receiver and fill the
+    // store to the brim with someone else's file (written in small pieces
+    // until ENOSPC).
+    let fifth_chunk_staged = || {
+        files_under(&sb.store).iter().any(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            n.ends_with(".chunk") && n.split('-').next().and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| i >= 4)
+        })
+    };
+    wait_until(TIMEOUT, "the transfer to start", || {
+        fifth_chunk_staged() || !entries(&dir).iter().all(|n| n.ends_with(".part"))
+    });
+    let paused = recv.pause();
+    let at_pause = assert_part_is_prefix_of(&dir, &src_bytes);
+    // What is staged in the store may still arrive after the pause.
+    if !paused || part_file(&dir).is_none() || at_pause + quota >= size {
+        let _ = send.kill();
+        let _ = recv.kill();
+        return Attempt::TooLate(if part_file(&dir).is_none() { size } else { at_pause });
+    }
     let filler = sb.store.join("someone-elses-file.bin");
     {
         use std::io::Write;
@@ -134,7 +175,10 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
         while f.write_all(&block).is_ok() {}
         let _ = f.sync_all();
     }
-    eprintln!("{test}: the store is full: {} bytes used of {STORE_MIB} MiB", store_used(&sb));
+    eprintln!(
+        "{test}: the store is full: {} bytes used of {STORE_MIB} MiB; {at_pause} bytes had arrived",
+        store_used(&sb)
+    );
     recv.signal("CONT");
 
     // For a while, the transfer cannot go on: the sender waits (and says
@@ -174,6 +218,7 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
 
     // Space frees up: the transfer completes (re-run the sender if it gave up).
     std::fs::remove_file(&filler).expect("remove the filler");
+    let freed = Instant::now();
     let snd = match gave_up {
         Some(_) => sb.run("dftp-send", send_args(&sb, &src, &send_extra)),
         None => send.wait(),
@@ -181,6 +226,7 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
     let r = recv.wait();
     snd.expect_ok();
     r.expect_ok();
+    eprintln!("{test}: done {:.1} s after the store had room again", freed.elapsed().as_secs_f64());
     assert_eq!(entries(&dir), vec!["big.bin".to_owned()]);
     assert_eq!(sha256_file(&dir.join("big.bin")), sha256_file(&src), "SHA-256 of what arrived");
     let left: Vec<PathBuf> = files_under(&sb.store)
@@ -191,4 +237,5 @@ fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
         })
         .collect();
     assert!(left.is_empty(), "files left in the store: {left:?}");
+    Attempt::Done
 }

@@ -83,6 +83,29 @@ fn cargo_build(package: &str, bin_dir: &Path) -> Result<(), String> {
     if let Some(target_dir) = bin_dir.parent() {
         cmd.arg("--target-dir").arg(target_dir);
     }
+    // `cargo test` gives the test process the variables it sets for the
+    // crate under test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Passed on,
+    // they reach every crate the nested build compiles and change their
+    // fingerprints: each test binary then rebuilt dependencies (about 20 s)
+    // and the next outer build rebuilt them back.
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        let set_by_cargo_for_a_crate = k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo_for_a_crate {
+            cmd.env_remove(k);
+        }
+    }
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run cargo: {e}"))?;
     if out.status.success() {
         Ok(())
