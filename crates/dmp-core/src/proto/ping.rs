@@ -94,6 +94,16 @@ impl PingSummary {
     }
 }
 
+/// The high 32 bits of the request numbers of the client run with
+/// `session` (sessions are microsecond clocks: mixed, so that runs a
+/// multiple of 2^32 µs apart still differ).
+fn request_tag(session: u64) -> u64 {
+    let mut z = session.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) >> 32
+}
+
 /// The ping client: sends a request every interval and matches replies.
 pub struct PingClient {
     link: Link,
@@ -102,6 +112,10 @@ pub struct PingClient {
     sent: u64,
     /// Request number → time sent, for requests still awaiting a reply.
     waiting: BTreeMap<u64, Duration>,
+    /// The high half of every request number this run sends (from the
+    /// session): a pong left in the server's outbox for an earlier run
+    /// of this client is never taken for a reply.
+    tag: u64,
     rtts: Vec<Duration>,
     events: Vec<PingEvent>,
     ops: Vec<Op>,
@@ -116,6 +130,7 @@ impl PingClient {
             next_send: now,
             sent: 0,
             waiting: BTreeMap::new(),
+            tag: request_tag(session),
             rtts: Vec::new(),
             events: Vec::new(),
             ops: Vec::new(),
@@ -150,9 +165,10 @@ impl PingClient {
         self.expire(now);
         while self.next_send <= now && !self.all_sent() {
             self.sent += 1;
-            let seq = self.sent;
+            // (After 2^32 requests the low half wraps around.)
+            let seq = self.sent & 0xffff_ffff;
             self.waiting.insert(seq, now);
-            self.link.send(now, Kind::Ping, seq.to_be_bytes().to_vec());
+            self.link.send(now, Kind::Ping, (self.tag << 32 | seq).to_be_bytes().to_vec());
             self.events.push(PingEvent::Sent { seq });
             self.next_send += self.cfg.interval;
             if self.next_send < now {
@@ -201,7 +217,9 @@ impl PingClient {
                         let seq = env.seq;
                         if env.kind == Kind::Pong && env.payload.len() == 8 {
                             let n = u64::from_be_bytes(env.payload[..8].try_into().expect("8"));
-                            if let Some(t) = self.waiting.remove(&n) {
+                            let ours = n >> 32 == self.tag;
+                            let n = n & 0xffff_ffff;
+                            if let Some(t) = ours.then(|| self.waiting.remove(&n)).flatten() {
                                 let rtt = now.saturating_sub(t);
                                 self.rtts.push(rtt);
                                 self.events.push(PingEvent::Reply { seq: n, rtt });
@@ -452,5 +470,72 @@ impl PingServer {
 
     pub fn deadline(&self) -> Option<Duration> {
         self.links.values().filter_map(|l| l.wake_at()).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drive::perform;
+    use crate::store::{MemoryStore, Store};
+
+    fn pid(s: &str) -> PeerId {
+        PeerId::new(s).expect("id")
+    }
+
+    /// Performs `ops` (and the ones they lead to) until none are left.
+    async fn settle(store: &MemoryStore, now: Duration, c: &mut PingClient) {
+        for _ in 0..50 {
+            let ops = c.take_ops();
+            if ops.is_empty() {
+                return;
+            }
+            for op in ops {
+                let r = perform(store, op).await;
+                c.on_result(now, r);
+            }
+            c.wake(now);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pong_left_for_an_earlier_run_is_not_a_reply() {
+        let store = MemoryStore::new();
+        let cfg = PingConfig {
+            count: Some(1),
+            interval: Duration::from_millis(10),
+            wait: Duration::from_secs(5),
+            link: LinkConfig::default(),
+        };
+        // The server answered request 1 of an earlier run of alice; that
+        // run ended before acknowledging it, so the pong is still there.
+        let earlier = PingClient::new(pid("alice"), pid("bob"), cfg.clone(), 1_000, Duration::ZERO);
+        let mut server = Link::new(pid("bob"), pid("alice"), LinkConfig::default(), None, 7);
+        server.send(Duration::ZERO, Kind::Pong, (earlier.tag << 32 | 1).to_be_bytes().to_vec());
+        for _ in 0..20 {
+            for o in server.take_outputs() {
+                if let Output::Op(op) = o {
+                    let r = perform(&store, op).await;
+                    server.on_result(Duration::ZERO, r);
+                }
+            }
+            server.wake(Duration::ZERO);
+        }
+        let outbox = Key::new(["bob", "alice"]).expect("key");
+        let names = store.list(&outbox).await.expect("list");
+        assert!(names.iter().any(|n| n.ends_with(".msg")), "the pong was not written: {names:?}");
+        // A new run sends its request 1 and reads the server's outbox.
+        let mut now = Duration::ZERO;
+        let mut c = PingClient::new(pid("alice"), pid("bob"), cfg, 2_000, now);
+        assert_ne!(c.tag, earlier.tag);
+        for _ in 0..20 {
+            c.wake(now);
+            settle(&store, now, &mut c).await;
+            now += Duration::from_millis(5);
+        }
+        let events = c.take_events();
+        assert!(events.iter().any(|e| matches!(e, PingEvent::Sent { seq: 1 })), "{events:?}");
+        assert!(!events.iter().any(|e| matches!(e, PingEvent::Reply { .. })), "a stale pong was taken: {events:?}");
+        assert!(!c.finished(), "request 1 still awaits its reply");
     }
 }
