@@ -276,6 +276,8 @@ fn start_server(ctx: &Ctx, store: &Path, dir: &Path) -> Result<Proc> {
 /// reply's time, and the summary's counts).
 pub struct Pings {
     pub rtts_ms: Vec<f64>,
+    /// The request number of each entry of `rtts_ms` (0 when not known).
+    pub seqs: Vec<u64>,
     pub sent: u64,
     pub received: u64,
 }
@@ -301,18 +303,52 @@ impl Pings {
     /// Reads `reply from bob: seq=1 time=0.549 ms` lines and `3 sent, 2 received, ...`.
     fn parse(out: &str) -> Result<Pings> {
         let mut rtts_ms = Vec::new();
+        let mut seqs = Vec::new();
         let mut counts = None;
         for l in out.lines() {
             if l.starts_with("reply from ") {
                 let t = l.split(" time=").nth(1).and_then(|t| t.strip_suffix(" ms"));
                 rtts_ms.push(t.and_then(|t| t.parse().ok()).with_context(|| format!("unexpected line {l:?}"))?);
+                let seq = l.split(" seq=").nth(1).and_then(|t| t.split_whitespace().next());
+                seqs.push(seq.and_then(|t| t.parse().ok()).unwrap_or(0));
             } else if let Some((sent, rest)) = l.split_once(" sent, ") {
                 let received = rest.split_once(" received").map(|(r, _)| r);
                 counts = sent.parse().ok().zip(received.and_then(|r| r.parse().ok()));
             }
         }
         let (sent, received) = counts.context("no summary line (N sent, M received)")?;
-        Ok(Pings { rtts_ms, sent, received })
+        Ok(Pings { rtts_ms, seqs, sent, received })
+    }
+
+    /// When the first reply arrived, in ms after the first request was
+    /// sent, for requests sent every `interval_ms`.
+    pub fn first_reply_ms(&self, interval_ms: f64) -> Option<f64> {
+        self.seqs
+            .iter()
+            .zip(&self.rtts_ms)
+            .map(|(s, t)| (s.saturating_sub(1)) as f64 * interval_ms + t)
+            .reduce(f64::min)
+    }
+
+    /// The replies to the requests sent once the server was answering
+    /// (at or after the first reply arrived): the round trip while active,
+    /// without the wake-up of a server that polls an idle store slowly.
+    pub fn while_active(&self, interval_ms: f64) -> Pings {
+        let from = self.first_reply_ms(interval_ms).unwrap_or(0.0);
+        let keep: Vec<(u64, f64)> = self
+            .seqs
+            .iter()
+            .zip(&self.rtts_ms)
+            .filter(|(s, _)| (s.saturating_sub(1)) as f64 * interval_ms >= from)
+            .map(|(s, t)| (*s, *t))
+            .collect();
+        let first_kept = self.seqs.len() - keep.len();
+        Pings {
+            rtts_ms: keep.iter().map(|k| k.1).collect(),
+            seqs: keep.iter().map(|k| k.0).collect(),
+            sent: self.sent.saturating_sub(first_kept as u64),
+            received: keep.len() as u64,
+        }
     }
 
     pub fn loss_pct(&self) -> f64 {
@@ -377,7 +413,7 @@ fn fan_in(ctx: &Ctx) -> Result<Vec<Row>> {
         server.stop()?;
         let rtts: Vec<f64> = all.iter().flat_map(|p| p.rtts_ms.iter().copied()).collect();
         let (sent, received) = all.iter().fold((0, 0), |(s, r), p| (s + p.sent, r + p.received));
-        Pings { rtts_ms: rtts, sent, received }.record(run);
+        Pings { rtts_ms: rtts, seqs: Vec::new(), sent, received }.record(run);
         Ok(())
     })?;
     let note =
