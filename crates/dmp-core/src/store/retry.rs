@@ -312,7 +312,9 @@ impl Http {
                 return Err(too_large(len));
             }
         }
-        let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(max_len).min(64 << 20) as usize);
+        // From the buffer pool: a chunk's buffer comes back once it is
+        // written (see `buf`), instead of fresh memory faulted in again.
+        let mut buf = crate::buf::vec(declared.unwrap_or(0).min(max_len).min(64 << 20) as usize);
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
