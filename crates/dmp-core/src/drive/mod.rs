@@ -28,7 +28,7 @@ pub async fn perform(store: &dyn Store, op: Op) -> OpResult {
             OpResult::Got(k, r)
         }
         Op::Put(k, data) => {
-            let r = store.put(&k, &data).await;
+            let r = store.put_bytes(&k, data).await;
             OpResult::Put(k, r)
         }
         Op::Delete(k) => {

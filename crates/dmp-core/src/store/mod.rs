@@ -294,6 +294,11 @@ pub trait Store: Send + Sync + 'static {
     /// A short human-readable name of the store, for logs and errors.
     fn describe(&self) -> String;
     async fn put(&self, key: &Key, data: &[u8]) -> Result<(), StoreError>;
+    /// [`Store::put`] of a buffer the store may keep: a web store sends it
+    /// as the request body without copying it (a chunk is megabytes).
+    async fn put_bytes(&self, key: &Key, data: bytes::Bytes) -> Result<(), StoreError> {
+        self.put(key, &data).await
+    }
     async fn get(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError>;
     async fn delete(&self, key: &Key) -> Result<(), StoreError>;
     async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError>;

@@ -193,6 +193,14 @@ impl Store for RoutedStore {
         s.put(&k, data).await
     }
 
+    async fn put_bytes(&self, key: &Key, data: bytes::Bytes) -> Result<(), StoreError> {
+        let (s, k) = self.route(key)?;
+        if k.is_root() {
+            return Err(StoreError::BadKey(format!("{key} is a peer's outbox, not an object")));
+        }
+        s.put_bytes(&k, data).await
+    }
+
     async fn get(&self, key: &Key, max_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let (s, k) = self.route(key)?;
         if k.is_root() {

@@ -169,11 +169,12 @@ impl S3Store {
     /// (`If-None-Match: *`). Where the server does not support the header,
     /// falls back to a HEAD then a PUT (which a concurrent writer can race).
     pub async fn put_new(&self, key: &Key, data: &[u8]) -> Result<PutNew, StoreError> {
+        let data = Bytes::copy_from_slice(data);
         if key.is_root() {
             return Err(StoreError::BadKey("empty key".into()));
         }
         if self.if_none_match.load(Ordering::Relaxed) != INM_REJECTED {
-            match self.put_inner(key, data, true).await? {
+            match self.put_inner(key, data.clone(), true).await? {
                 Some(outcome) => {
                     self.if_none_match.store(INM_WORKS, Ordering::Relaxed);
                     return Ok(outcome);
@@ -224,10 +225,9 @@ impl S3Store {
 
     /// One PUT; with `create_only`, `Ok(None)` means the server rejected the
     /// conditional header.
-    async fn put_inner(&self, key: &Key, data: &[u8], create_only: bool) -> Result<Option<PutNew>, StoreError> {
+    async fn put_inner(&self, key: &Key, body: Bytes, create_only: bool) -> Result<Option<PutNew>, StoreError> {
         let object = self.object(key);
-        let body = Bytes::copy_from_slice(data);
-        let timeout = self.http.write_timeout(data.len());
+        let timeout = self.http.write_timeout(body.len());
         let http = &self.http;
         http.run("put", key, || {
             let mut action = PutObject::new(&self.bucket, self.creds.as_ref(), &object);
@@ -367,6 +367,13 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
+        if key.is_root() {
+            return Err(StoreError::BadKey("empty key".into()));
+        }
+        self.put_bytes(key, Bytes::copy_from_slice(data)).await
+    }
+
+    async fn put_bytes(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
         if key.is_root() {
             return Err(StoreError::BadKey("empty key".into()));
         }

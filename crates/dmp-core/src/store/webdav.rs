@@ -297,12 +297,15 @@ impl Store for WebDavStore {
     }
 
     async fn put(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
+        self.put_bytes(key, Bytes::copy_from_slice(data)).await
+    }
+
+    async fn put_bytes(&self, key: &Key, body: Bytes) -> Result<(), StoreError> {
         if key.is_root() {
             return Err(StoreError::BadKey("empty key".into()));
         }
         let url = key_url(&self.base, key);
-        let body = Bytes::copy_from_slice(data);
-        let timeout = self.http.write_timeout(data.len());
+        let timeout = self.http.write_timeout(body.len());
         let http = &self.http;
         http.run("put", key, || {
             let (url, body) = (url.clone(), body.clone());
