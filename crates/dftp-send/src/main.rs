@@ -37,7 +37,7 @@ struct Cli {
     /// in the configuration file's [dftp]]
     #[arg(short = 'b', long, value_name = "SIZE")]
     block_size: Option<ByteSize>,
-    /// Most chunks staged in the store at once. [default: 4, or window in
+    /// Most chunks staged in the store at once. [default: 8, or window in
     /// the configuration file]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     window: Option<u64>,
