@@ -342,11 +342,13 @@ impl Pings {
             .filter(|(s, _)| (s.saturating_sub(1)) as f64 * interval_ms >= from)
             .map(|(s, t)| (*s, *t))
             .collect();
-        let first_kept = self.seqs.len() - keep.len();
+        // Requests 1..=sent went out every `interval_ms`; those before
+        // `from` are left out, answered or not.
+        let before = if interval_ms > 0.0 { (from / interval_ms).ceil() as u64 } else { 0 };
         Pings {
             rtts_ms: keep.iter().map(|k| k.1).collect(),
             seqs: keep.iter().map(|k| k.0).collect(),
-            sent: self.sent.saturating_sub(first_kept as u64),
+            sent: self.sent.saturating_sub(before),
             received: keep.len() as u64,
         }
     }

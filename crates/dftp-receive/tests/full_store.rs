@@ -108,7 +108,7 @@ fn a_file_six_times_the_store_arrives_with_a_quota_that_fits() {
 #[test]
 fn a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt() {
     let test = "a_full_store_makes_the_sender_wait_or_fail_clearly_and_nothing_is_corrupt";
-    // The receiver is paused as soon as it has accepted the offer. On a
+    // The receiver is paused once the first chunk is acknowledged. On a
     // busy machine the test may see that too late, with the transfer (a
     // fraction of a second) nearly done: then the scenario did not happen
     // and is set up again, rather than passing or failing by luck.

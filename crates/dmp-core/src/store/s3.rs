@@ -169,10 +169,10 @@ impl S3Store {
     /// (`If-None-Match: *`). Where the server does not support the header,
     /// falls back to a HEAD then a PUT (which a concurrent writer can race).
     pub async fn put_new(&self, key: &Key, data: &[u8]) -> Result<PutNew, StoreError> {
-        let data = Bytes::copy_from_slice(data);
         if key.is_root() {
             return Err(StoreError::BadKey("empty key".into()));
         }
+        let data = Bytes::copy_from_slice(data);
         if self.if_none_match.load(Ordering::Relaxed) != INM_REJECTED {
             match self.put_inner(key, data.clone(), true).await? {
                 Some(outcome) => {
@@ -367,9 +367,6 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
-        if key.is_root() {
-            return Err(StoreError::BadKey("empty key".into()));
-        }
         self.put_bytes(key, Bytes::copy_from_slice(data)).await
     }
 
