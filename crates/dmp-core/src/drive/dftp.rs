@@ -238,12 +238,8 @@ pub async fn send_file(
                         // Send the queued requests on their way first.
                         finished_early.extend(ops.kick());
                         // Room for the seal, so that encrypting in place never reallocates.
-                        let mut buf = crate::buf::vec(len as usize + crate::crypto::SEAL_OVERHEAD);
-                        buf.resize(len as usize, 0);
-                        let r = file
-                            .read_exact_at(&mut buf, offset)
-                            .map(|()| crate::buf::freeze(buf))
-                            .map_err(|e| e.to_string());
+                        let buf = crate::buf::vec(len as usize + crate::crypto::SEAL_OVERHEAD);
+                        let r = read_span(&file, offset, len, buf).map(crate::buf::freeze).map_err(|e| e.to_string());
                         m.on_read(clock.now(), index, r);
                     }
                     SendOut::Persist => {
@@ -386,6 +382,19 @@ pub struct RecvReport {
     pub written_bytes: u64,
 }
 
+/// Reads `len` bytes at `offset` into `buf` (empty, with room for them)
+/// without zeroing the buffer first: a short file is an error.
+fn read_span(file: &File, offset: u64, len: u64, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than it was"));
+    }
+    Ok(buf)
+}
+
 /// The temporary file of a transfer in the target directory.
 pub fn temp_path(dir: &Path, offer: &Offer) -> PathBuf {
     dir.join(format!(".dftp-{}.part", offer.transfer))
@@ -396,7 +405,26 @@ struct Target {
     overwrite: bool,
     file: Option<File>,
     offer: Option<Offer>,
-    /// Bytes written since the last background flush started.
+    /// What writes into `file`; out while a write runs.
+    sink: Option<Sink>,
+    /// The write running on a thread of the blocking pool: it gives the
+    /// sink back with the chunk's index and the result.
+    writing: Option<tokio::task::JoinHandle<WriteDone>>,
+}
+
+/// The sink, the chunk's index and the result of a write.
+type WriteDone = (Sink, u64, Result<(), String>);
+
+/// Writes chunks into the temporary file. A write runs on a thread of its
+/// own while the driver goes on fetching and opening the next chunks: with
+/// direct I/O a write waits for the disk (0.8 s of a 1.8 s, 1 GiB transfer
+/// here, measured with strace).
+struct Sink {
+    file: File,
+    /// The same file opened for direct I/O, where the system offers it.
+    direct: Option<DirectWriter>,
+    /// Bytes written through the page cache since the last background
+    /// flush started.
     unflushed: u64,
     /// A background `fdatasync` of the temporary file: it writes the data
     /// to disk while the transfer goes on, so the final fsync has little
@@ -404,12 +432,90 @@ struct Target {
     flusher: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Alignment of direct I/O: of the buffer, the file offset and the length
+/// (4096 covers the logical block size of every common disk).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Writes of whole aligned blocks that bypass the page cache (`O_DIRECT`).
+///
+/// Writing a received file through the page cache fills memory the kernel
+/// takes fresh from its free lists, which on these virtual machines costs
+/// a fault in the host for every page (see [`crate::buf`]), and then the
+/// final fsync still has to write it all out. Measured here for 1 GiB:
+/// `dd oflag=direct` 0.59-0.67 s with 0.16-0.19 s of system time,
+/// buffered `dd conv=fsync` 1.31-3.16 s with 0.97-2.76 s; the receiver's
+/// copy into the page cache was 63 % of its samples. Chunks are aligned
+/// (block sizes are multiples of 4 KiB by default); the last, short chunk
+/// and any unaligned write go through the page cache as before.
+struct DirectWriter {
+    file: File,
+    /// An aligned copy of a chunk whose buffer is not aligned.
+    scratch: Vec<u8>,
+}
+
+impl DirectWriter {
+    /// A second handle on `same_as` (at `path`) for direct writes; `None`
+    /// where the system or file system does not offer direct I/O.
+    #[cfg(target_os = "linux")]
+    fn open(path: &Path, same_as: &File) -> Option<DirectWriter> {
+        use std::os::unix::fs::MetadataExt;
+        let file =
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW).open(path).ok()?;
+        // The very file opened before, not one put in its place meanwhile.
+        let (a, b) = (file.metadata().ok()?, same_as.metadata().ok()?);
+        (a.dev() == b.dev() && a.ino() == b.ino()).then(|| DirectWriter { file, scratch: Vec::new() })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open(_path: &Path, _same_as: &File) -> Option<DirectWriter> {
+        None
+    }
+
+    /// Writes `data` at `offset` when both are aligned (`Ok(true)`);
+    /// `Ok(false)` when this write has to go through the page cache.
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        const A: usize = DIRECT_ALIGN;
+        if data.is_empty() || offset % A as u64 != 0 || data.len() % A != 0 {
+            return Ok(false);
+        }
+        let buf: &[u8] = if data.as_ptr() as usize % A == 0 {
+            data
+        } else {
+            if self.scratch.len() < data.len() + A {
+                self.scratch = vec![0; data.len() + A];
+            }
+            let at = self.scratch.as_ptr().align_offset(A);
+            let s = &mut self.scratch[at..at + data.len()];
+            s.copy_from_slice(data);
+            s
+        };
+        self.file.write_all_at(buf, offset)?;
+        Ok(true)
+    }
+}
+
 /// Start a background flush after this many bytes written.
 const FLUSH_EVERY: u64 = 32 << 20;
 
-impl Target {
+impl Sink {
+    fn new(file: File, path: &Path) -> Sink {
+        let direct = DirectWriter::open(path, &file);
+        Sink { file, direct, unflushed: 0, flusher: None }
+    }
+
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
-        let f = self.file.as_ref().ok_or("no open file")?;
+        if let Some(d) = &mut self.direct {
+            match d.write(offset, data) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!("direct I/O refused ({e}); writing through the page cache from now on");
+                    self.direct = None;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let f = &self.file;
         f.write_all_at(data, offset).map_err(|e| e.to_string())?;
         self.unflushed += data.len() as u64;
         if self.unflushed >= FLUSH_EVERY && self.flusher.as_ref().is_none_or(|h| h.is_finished()) {
@@ -420,6 +526,47 @@ impl Target {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the background flush.
+    fn finish(mut self) {
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Target {
+    /// Starts writing chunk `index` at `offset`; `Err` when no write can
+    /// start (the answer is then due at once).
+    fn start_write(&mut self, index: u64, offset: u64, data: Bytes) -> Result<(), String> {
+        let mut sink = self.sink.take().ok_or("no open file")?;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let r = sink.write(offset, &data);
+            (sink, index, r)
+        }));
+        Ok(())
+    }
+
+    /// The end of the write [`Target::start_write`] started: the chunk's
+    /// index and the result.
+    fn written(&mut self, r: Result<WriteDone, tokio::task::JoinError>) -> Result<(u64, Result<(), String>), String> {
+        self.writing = None;
+        match r {
+            Ok((sink, index, res)) => {
+                self.sink = Some(sink);
+                Ok((index, res))
+            }
+            // A panic in a write: no more writes (the sink is gone).
+            Err(e) => Err(format!("writing the file: {e}")),
+        }
+    }
+
+    /// Closes the file (a running write goes on, but its end is ignored).
+    fn close(&mut self) {
+        self.file = None;
+        self.sink = None;
+        self.writing = None;
     }
 
     fn prepare(&mut self, offer: &Offer, resume: bool) -> Result<(), String> {
@@ -460,6 +607,9 @@ impl Target {
                 .map_err(|e| format!("the partial file {} is gone ({e}); start both sides again", tmp.display()))?;
             self.file = Some(f);
         }
+        let clone = self.file.as_ref().map(File::try_clone).transpose();
+        let clone = clone.map_err(|e| format!("{}: {e}", tmp.display()))?;
+        self.sink = clone.map(|f| Sink::new(f, &tmp));
         self.offer = Some(offer.clone());
         Ok(())
     }
@@ -467,8 +617,8 @@ impl Target {
     fn finalize(&mut self) -> Result<PathBuf, String> {
         let offer = self.offer.clone().ok_or("no transfer")?;
         let f = self.file.take().ok_or("no open file")?;
-        if let Some(h) = self.flusher.take() {
-            let _ = h.join();
+        if let Some(sink) = self.sink.take() {
+            sink.finish();
         }
         f.set_len(offer.size).map_err(|e| e.to_string())?;
         f.sync_all().map_err(|e| format!("fsync: {e}"))?;
@@ -521,14 +671,8 @@ pub async fn receive_file(
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    let mut target = Target {
-        dir: opts.dir.clone(),
-        overwrite: opts.overwrite,
-        file: None,
-        offer: None,
-        unflushed: 0,
-        flusher: None,
-    };
+    let mut target =
+        Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None, sink: None, writing: None };
     let mut cfg = opts.cfg.clone();
     cfg.link.secure = opts.security.is_some();
     if let Some(sec) = &opts.security {
@@ -586,8 +730,9 @@ pub async fn receive_file(
                         m.on_prepared(now, r);
                     }
                     RecvOut::Write { index, offset, data } => {
-                        let r = target.write(offset, &data);
-                        m.on_written(now, index, r);
+                        if let Err(e) = target.start_write(index, offset, data) {
+                            m.on_written(now, index, Err(e));
+                        }
                     }
                     RecvOut::ReadBack { offset, len } => {
                         let r = match &target.file {
@@ -606,7 +751,7 @@ pub async fn receive_file(
                         m.on_finalized(now, r);
                     }
                     RecvOut::Discard { offer } => {
-                        target.file = None;
+                        target.close();
                         let _ = std::fs::remove_file(temp_path(&opts.dir, &offer));
                     }
                     RecvOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
@@ -638,7 +783,25 @@ pub async fn receive_file(
             }
         }
         let until = pace.until(now, m.deadline(), &ops);
-        match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
+        let woke = match target.writing.as_mut() {
+            Some(w) => tokio::select! {
+                biased;
+                r = w => Err(r),
+                woke = ops.wait(&mut changes, &clock, until, &mut shutdown) => Ok(woke),
+            },
+            None => Ok(ops.wait(&mut changes, &clock, until, &mut shutdown).await),
+        };
+        let woke = match woke {
+            Ok(woke) => woke,
+            Err(r) => {
+                match target.written(r) {
+                    Ok((index, res)) => m.on_written(clock.now(), index, res),
+                    Err(e) => break Err(TransferError::Failed(e)),
+                }
+                continue;
+            }
+        };
+        match woke {
             Woke::Done(res) => m.on_result(clock.now(), res),
             Woke::Wake => {
                 pace.woke(&ops);
@@ -714,5 +877,41 @@ async fn linger(
             }
             Woke::Shutdown => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Aligned chunks go around the page cache, the rest through it, and
+    /// the file holds exactly what was written, in any order.
+    #[test]
+    fn a_sink_writes_aligned_and_unaligned_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        let mut sink = Sink::new(file.try_clone().unwrap(), &path);
+        let direct = sink.direct.is_some();
+        let block = 64 << 10;
+        let len = 5 * block + 1000;
+        let want: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        // An unaligned buffer: a slice that starts one byte into another.
+        let mut shifted = vec![0u8; block + 1];
+        shifted[1..].copy_from_slice(&want[3 * block..4 * block]);
+        let shifted = Bytes::from(shifted).slice(1..);
+        assert_ne!(shifted.as_ptr() as usize % DIRECT_ALIGN, 0);
+        for (offset, data) in [
+            (4 * block, &want[4 * block..5 * block]),
+            (5 * block, &want[5 * block..]),
+            (0, &want[..block]),
+            (3 * block, &shifted[..]),
+            (block, &want[block..3 * block]),
+        ] {
+            sink.write(offset as u64, data).unwrap();
+        }
+        assert_eq!(sink.direct.is_some(), direct, "no write was refused");
+        sink.finish();
+        assert_eq!(std::fs::read(&path).unwrap(), want, "direct I/O used: {direct}");
     }
 }

@@ -968,13 +968,18 @@ impl DftpReceiver {
     }
 
     pub fn on_result(&mut self, now: Duration, res: OpResult) {
-        if let OpResult::Got(k, r) = &res {
-            if super::dftp_msg::parse_chunk_object_name(k.name()).is_some() && k.starts_with(self.link.in_dir()) {
-                self.on_chunk_data(now, k, r.clone());
+        let res = match res {
+            // A chunk's body is moved on, never copied: it is a whole block.
+            OpResult::Got(k, r)
+                if super::dftp_msg::parse_chunk_object_name(k.name()).is_some()
+                    && k.starts_with(self.link.in_dir()) =>
+            {
+                self.on_chunk_data(now, &k, r);
                 self.pump(now);
                 return;
             }
-        }
+            res => res,
+        };
         if let OpResult::Put(_, Err(e)) | OpResult::Got(_, Err(e)) = &res {
             self.out.push(RecvOut::StoreError(e.clone()));
         }
