@@ -200,7 +200,7 @@ pub async fn send_file(
     // machine counts them from the listing of my outbox it asks for.
     let mut m = DftpSender::new(me, peer.clone(), cfg, offer, restored, fresh_session(), clock.now());
     let mut changes = store.changes(m.link().in_dir());
-    let mut pace = Pace::for_store(store);
+    let mut pace = Pace::for_transfer(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     let mut last_progress = (clock.now(), m.acked_bytes(), m.phase());
     let mut finished_early = Vec::new();
@@ -680,7 +680,7 @@ pub async fn receive_file(
     }
     let mut m = DftpReceiver::new(me, peer.clone(), cfg, restored, fresh_session(), clock.now());
     let mut changes = store.changes(m.link().in_dir());
-    let mut pace = Pace::for_store(store);
+    let mut pace = Pace::for_transfer(store);
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     let mut last = (clock.now(), 0u64, m.phase());
     let mut final_path: Option<PathBuf> = None;
