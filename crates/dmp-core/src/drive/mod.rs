@@ -185,15 +185,16 @@ pub fn link_config_for(store: &dyn Store) -> LinkConfig {
     cfg
 }
 
-/// [`link_config_for`] for the ping tools: on a store without change
-/// notification only the next message is fetched (one ping at a time is
-/// in flight; each name fetched ahead is a request, and one more in the
-/// way of the reply).
+/// [`link_config_for`] for the ping tools: only the next message is
+/// fetched. On a store without change notification each name fetched
+/// ahead is a request; on a folder each is a failed open (with the checks
+/// of its parents) that ran before the reply was written: 16 names ahead
+/// made about 30 system calls on the way of every pong. Folder ping p50,
+/// 200 pings, interleaved: 0.64-0.73 ms with 16 ahead, 0.50-0.57 ms with 1
+/// on tmpfs; 0.81-0.83 against 0.63-0.72 ms on this machine's disk.
 pub fn ping_link_config_for(store: &dyn Store) -> LinkConfig {
     let mut cfg = link_config_for(store);
-    if !store.notifies() {
-        cfg.readahead = 1;
-    }
+    cfg.readahead = 1;
     cfg
 }
 
