@@ -40,6 +40,8 @@ pub enum CryptoError {
 
 /// AES-256-GCM under one exported key.
 type Gcm = ring::aead::LessSafeKey;
+/// A cipher with the encapsulated key (`enc`) it was exported for.
+type KeyedGcm = ([u8; 32], Arc<Gcm>);
 
 fn gcm(key: &[u8; 32]) -> Gcm {
     let k = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key).expect("a 32-byte AES-256 key");
@@ -100,7 +102,7 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
-    pub fn generate(rng: &mut (impl CryptoRng + RngCore)) -> Identity {
+    pub fn generate(rng: &mut impl CryptoRng) -> Identity {
         let (sk, pk) = Kem::gen_keypair(&mut RngRef(rng));
         Identity { sk, pk: PublicKey(pk) }
     }
@@ -171,8 +173,8 @@ pub struct PeerCrypto {
     me: Identity,
     peer: PublicKey,
     rng: SharedRng,
-    sealing: Arc<Mutex<Option<([u8; 32], Arc<Gcm>)>>>,
-    opening: Arc<Mutex<Vec<([u8; 32], Arc<Gcm>)>>>,
+    sealing: Arc<Mutex<Option<KeyedGcm>>>,
+    opening: Arc<Mutex<Vec<KeyedGcm>>>,
 }
 
 impl fmt::Debug for PeerCrypto {

@@ -186,7 +186,8 @@ impl KnownPeers {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io(&lock_path, e))?;
-        lock.lock().map_err(|e| io(&lock_path, e))?;
+        // fs4: std's File::lock is newer than the MSRV (1.89 against 1.85).
+        fs4::FileExt::lock(&lock).map_err(|e| io(&lock_path, e))?;
         let r = f();
         drop(lock);
         r

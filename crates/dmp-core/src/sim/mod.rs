@@ -507,7 +507,7 @@ pub fn run_seed(seed: u64, trace: Option<Trace>) -> RunReport {
     let mut env = Env::new(rng, cfg, trace);
     // Half the seeds run secure. Drawn from a generator of their own, so a
     // plaintext seed runs exactly as it did before encryption was simulated.
-    let mut side = Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EC0_4E);
+    let mut side = Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x005E_C04E);
     if side.bool() {
         env.crypto_rng = Some(crate::crypto::seeded_rng(side.u64(..)));
     }

@@ -364,9 +364,10 @@ impl Store for FolderStore {
                         let mut again = false;
                         while !stop.load(Ordering::Relaxed) {
                             if !again {
-                                match moved_rx.recv_timeout(Duration::from_millis(500)) {
-                                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                                    _ => {}
+                                if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                                    moved_rx.recv_timeout(Duration::from_millis(500))
+                                {
+                                    return;
                                 }
                             }
                             again = false;
