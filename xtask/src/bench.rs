@@ -478,7 +478,7 @@ fn fan_in(ctx: &Ctx) -> Result<Vec<Row>> {
         )),
         Row::new(format!("fan-in {CLIENTS}×{PINGS} pings at -i 0.1, rtt p50"), stress.median("p50"), "ms").note(
             format!(
-                "no target: 1000 pings/s saturate 2 cores; {}; runs: {}; p99 {:.1} ms{}",
+                "no target: ten times the load of ping's default interval, the pings queue (and on this machine's ext4 without a journal each new file costs more after many deletions: see the README); {}; runs: {}; p99 {:.1} ms{}",
                 about("0.1"),
                 stress.list("p50"),
                 stress.median("p99"),
