@@ -500,6 +500,8 @@ const FLUSH_EVERY: u64 = 32 << 20;
 impl Sink {
     fn new(file: File, path: &Path) -> Sink {
         let direct = DirectWriter::open(path, &file);
+        let how = if direct.is_some() { "direct I/O for aligned chunks" } else { "the page cache only" };
+        tracing::debug!("writing {} with {how}", path.display());
         Sink { file, direct, unflushed: 0, flusher: None }
     }
 
