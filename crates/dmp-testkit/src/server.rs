@@ -2,8 +2,8 @@
 //! run in the foreground by `scripts/<script> run DIR` on a free port and
 //! stopped (TERM, then KILL) when dropped; and the rule for a missing
 //! server: the test is skipped with a message, unless `DMP_REQUIRE_SERVERS`
-//! is set (CI), when it fails. (The same as `dftp-send/tests/remote_e2e.rs`
-//! has for itself.)
+//! is set (CI), when it fails. Used by `dftp-send/tests/remote_e2e.rs` and
+//! the other end-to-end tests that need a real server.
 
 use std::collections::HashMap;
 use std::fs::File;
