@@ -117,6 +117,84 @@ async fn notify_path_signals_each_change() {
     each_change_signals(&notified(dir.path()), "notify").await;
 }
 
+/// `changes` called outside a tokio runtime: on Linux the runtime's own
+/// inotify reader cannot start there, and the `notify` crate's thread does
+/// the watching instead (as on other systems).
+#[test]
+fn notify_crate_path_signals_each_change() {
+    let dir = tempdir();
+    let store = notified(dir.path());
+    let mut ch = store.changes(&k("bob/alice"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        settle(&mut ch).await;
+        store.put(&k("bob/alice/m"), b"m").await.unwrap();
+        signalled(&mut ch, "notify crate: a put in directories that did not exist").await;
+        settle(&mut ch).await;
+        store.put(&k("bob/alice/x/y"), b"deep").await.unwrap();
+        signalled(&mut ch, "notify crate: a put one level further down").await;
+        settle(&mut ch).await;
+        assert!(!signal_within(&mut ch, Duration::from_millis(300)).await, "notify crate: signal without a change");
+    });
+}
+
+/// The inotify reader on the runtime: a prefix whose directories do not
+/// exist yet is reached as they appear (each level waking the caller, as
+/// files may have landed before the watch), directories made later below
+/// it are watched too, and a writer's temporary file wakes nobody until
+/// it is renamed.
+#[tokio::test]
+async fn the_watch_moves_down_and_ignores_temporary_files() {
+    let dir = tempdir();
+    let store = notified(dir.path());
+    let root = store.root().to_path_buf();
+    let mut ch = store.changes(&k("bob/alice"));
+    settle(&mut ch).await;
+    std::fs::create_dir(root.join("bob")).unwrap();
+    signalled(&mut ch, "the first missing level appearing").await;
+    settle(&mut ch).await;
+    std::fs::create_dir(root.join("bob/alice")).unwrap();
+    signalled(&mut ch, "the prefix appearing").await;
+    settle(&mut ch).await;
+    std::fs::create_dir_all(root.join("bob/alice/x/y")).unwrap();
+    settle(&mut ch).await;
+    std::fs::write(root.join("bob/alice/x/y/z"), b"z").unwrap();
+    signalled(&mut ch, "a file two levels below the prefix, in directories made later").await;
+    settle(&mut ch).await;
+    let tmp = root.join("bob/alice/.~dmp-0123456789abcdef.tmp");
+    std::fs::write(&tmp, b"half a message").unwrap();
+    assert!(!signal_within(&mut ch, Duration::from_millis(300)).await, "a temporary file woke the caller");
+    std::fs::rename(&tmp, root.join("bob/alice/0000000000000001-0000000000000001.msg")).unwrap();
+    signalled(&mut ch, "the temporary file renamed to a message").await;
+    let set = ch.take();
+    assert!(set.touches(&k("bob/alice/0000000000000001-0000000000000001.msg")), "the change names the prefix");
+    // Changes elsewhere in the store are not watched at all.
+    settle(&mut ch).await;
+    store.put(&k("carol/dave/m"), b"m").await.unwrap();
+    assert!(!signal_within(&mut ch, Duration::from_millis(300)).await, "a write outside the prefix woke the caller");
+}
+
+/// A directory in the store that is a symbolic link to somewhere else is
+/// not watched through: writes out there wake nobody.
+#[tokio::test]
+async fn a_symlinked_directory_is_not_watched_through() {
+    let dir = tempdir();
+    let outside = tempdir();
+    let store = notified(dir.path());
+    std::fs::create_dir_all(store.root().join("bob")).unwrap();
+    symlink(outside.path(), store.root().join("bob/alice")).unwrap();
+    for prefix in [Key::root(), k("bob"), k("bob/alice")] {
+        let mut ch = store.changes(&prefix);
+        settle(&mut ch).await;
+        std::fs::write(outside.path().join("m"), b"m").unwrap();
+        assert!(
+            !signal_within(&mut ch, Duration::from_millis(300)).await,
+            "a write behind a symlinked directory woke a watch on {prefix:?}"
+        );
+        std::fs::remove_file(outside.path().join("m")).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescan_path_signals_each_change() {
     let dir = tempdir();

@@ -241,6 +241,10 @@ impl FolderStore {
 /// Keeps the watcher and the rescan thread alive as long as the `Changes`.
 struct FolderWatch {
     _watcher: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
+    #[cfg(target_os = "linux")]
+    _task: Option<super::folder_watch::Task>,
+    #[cfg(not(target_os = "linux"))]
+    _task: Option<()>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -251,10 +255,11 @@ impl Drop for FolderWatch {
 }
 
 /// `target` if it is a directory, else the nearest directory above it, but
-/// not above `floor`.
-fn nearest_dir(target: &Path, floor: &Path) -> PathBuf {
+/// not above `floor`. A symbolic link is no directory here: the store
+/// never reads through one, and its watch must not see through one either.
+pub(super) fn nearest_dir(target: &Path, floor: &Path) -> PathBuf {
     let mut d = target.to_path_buf();
-    while d != floor && !d.is_dir() && d.pop() {}
+    while d != floor && !fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) && d.pop() {}
     d
 }
 
@@ -321,7 +326,21 @@ impl Store for FolderStore {
             // The directory below may appear between finding `dir` and the
             // watch taking hold: the thread below looks once at the start.
             let _ = moved_tx.send(());
-            let watcher = if watch {
+            #[cfg(target_os = "linux")]
+            let task = if watch {
+                match super::folder_watch::start(&root, &target, rec.clone()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::debug!("inotify on the runtime: {e}; using notify's thread");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            #[cfg(not(target_os = "linux"))]
+            let task: Option<()> = None;
+            let watcher = if watch && task.is_none() {
                 let (r, root) = (rec.clone(), root.clone());
                 let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                     match res {
@@ -416,7 +435,7 @@ impl Store for FolderStore {
                     })
                     .expect("spawn rescan thread");
             }
-            Box::new(FolderWatch { _watcher: watcher, stop })
+            Box::new(FolderWatch { _watcher: watcher, _task: task, stop })
         })
     }
 

@@ -3,6 +3,8 @@
 
 pub mod contract;
 mod folder;
+#[cfg(target_os = "linux")]
+mod folder_watch;
 mod http;
 mod memory;
 mod retry;
