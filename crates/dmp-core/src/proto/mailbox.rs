@@ -428,13 +428,8 @@ impl Link {
             self.retry_due(now);
             return;
         }
-        let head_due = self.state.peer_session.is_none()
-            || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.head_interval(now));
-        if head_due && !self.head_get_pending {
-            self.head_get_pending = true;
-            self.last_head_read = Some(now);
-            self.out.push(Output::Op(Op::Get(self.head_key_in.clone(), MAX_ACK_LEN)));
-        }
+        // The next message first: on a folder store reads run one after
+        // the other, and the message is what the wake is most likely for.
         if let Some(session) = self.state.peer_session {
             let next = self.delivered + 1;
             // A peer whose head is gone has finished that session: only its
@@ -442,6 +437,13 @@ impl Link {
             if !self.peer_gone && !self.buffered.contains_key(&next) {
                 self.fetch(now, session, next);
             }
+        }
+        let head_due = self.state.peer_session.is_none()
+            || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.head_interval(now));
+        if head_due && !self.head_get_pending {
+            self.head_get_pending = true;
+            self.last_head_read = Some(now);
+            self.out.push(Output::Op(Op::Get(self.head_key_in.clone(), MAX_ACK_LEN)));
         }
         if !self.inflight.is_empty() && !self.ack_get_pending {
             self.ack_get_pending = true;
