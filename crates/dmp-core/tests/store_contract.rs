@@ -174,6 +174,34 @@ async fn the_watch_moves_down_and_ignores_temporary_files() {
     assert!(!signal_within(&mut ch, Duration::from_millis(300)).await, "a write outside the prefix woke the caller");
 }
 
+/// The watched prefix removed, or moved away, and made anew: changes in
+/// the new one still wake the caller, without any rescan.
+#[tokio::test]
+async fn a_prefix_removed_or_moved_and_made_again_is_watched_again() {
+    let dir = tempdir();
+    let store = notified(dir.path());
+    let root = store.root().to_path_buf();
+    store.put(&k("bob/alice/first"), b"1").await.unwrap();
+    let mut ch = store.changes(&k("bob/alice"));
+    settle(&mut ch).await;
+    std::fs::remove_dir_all(root.join("bob")).unwrap();
+    signalled(&mut ch, "the prefix removed").await;
+    settle(&mut ch).await;
+    store.put(&k("bob/alice/second"), b"2").await.unwrap();
+    signalled(&mut ch, "a put into the prefix made anew").await;
+    settle(&mut ch).await;
+    std::fs::write(root.join("bob/alice/third"), b"3").unwrap();
+    signalled(&mut ch, "a later write into the prefix made anew").await;
+    settle(&mut ch).await;
+    std::fs::rename(root.join("bob/alice"), root.join("bob/old")).unwrap();
+    signalled(&mut ch, "the prefix moved away").await;
+    settle(&mut ch).await;
+    std::fs::write(root.join("bob/old/fourth"), b"4").unwrap();
+    assert!(!signal_within(&mut ch, Duration::from_millis(300)).await, "a write into the moved-away directory");
+    store.put(&k("bob/alice/fifth"), b"5").await.unwrap();
+    signalled(&mut ch, "a put into the prefix made anew after a move").await;
+}
+
 /// A directory in the store that is a symbolic link to somewhere else is
 /// not watched through: writes out there wake nobody.
 #[tokio::test]

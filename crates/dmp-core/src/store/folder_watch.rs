@@ -105,6 +105,24 @@ impl Watch {
         }
     }
 
+    fn rewatch(&mut self) {
+        self.rec.changed(None);
+        let dir = nearest_dir(&self.target, &self.root);
+        let added =
+            if dir == self.target { self.add_tree(&dir, MAX_DEPTH).map(|()| None) } else { self.add(&dir).map(Some) };
+        self.at = dir;
+        match added {
+            Ok(wd) => {
+                self.at_wd = wd;
+                self.descend();
+            }
+            Err(e) => {
+                self.at_wd = None;
+                tracing::warn!("cannot watch {} again: {e}; relying on rescans", self.at.display());
+            }
+        }
+    }
+
     fn on_event(&mut self, wd: &WatchDescriptor, mask: EventMask, name: Option<&OsStr>) {
         if mask.contains(EventMask::Q_OVERFLOW) {
             // Events were lost, directory creations among them perhaps.
@@ -114,6 +132,16 @@ impl Watch {
                 let _ = self.add_tree(&t, MAX_DEPTH);
             }
             self.descend();
+            return;
+        }
+        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) && self.dirs.get(wd) == Some(&self.at) {
+            // The directory this watch hangs on (the prefix, or the one
+            // above it it waits in) was removed or moved away: start again
+            // from the nearest directory left, so that a prefix made anew
+            // is seen (through `notify`, only the rescans would see it).
+            self.dirs.remove(wd);
+            let _ = self.watches.remove(wd.clone());
+            self.rewatch();
             return;
         }
         if mask.contains(EventMask::IGNORED) {
