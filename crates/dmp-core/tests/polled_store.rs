@@ -104,6 +104,60 @@ fn the_head_is_read_every_head_every_and_often_once_the_peer_is_gone() {
     assert!(g.contains(&"b/a/000000000000000a-0000000000000001.msg".to_string()), "{g:?}");
 }
 
+/// On a folder (head read at every wake) the head waits while the next
+/// message is being fetched, so that nothing queues ahead of what that
+/// message leads to; it is read as soon as a fetch finds nothing, so a
+/// new or finished session is still seen at the next look.
+#[test]
+fn on_a_folder_the_head_is_read_once_a_fetch_finds_nothing() {
+    // As the ping tools set it: the next message only, no read-ahead.
+    let cfg = LinkConfig { readahead: 1, ..LinkConfig::default() };
+    assert!(cfg.head_every.is_zero(), "the folder setting");
+    let mut l = Link::new(id("a"), id("b"), cfg, None, 7);
+    l.wake(ms(0));
+    assert!(gets(&ops(l.take_outputs())).contains(&"b/a/head".to_string()), "first the head: no session yet");
+    l.on_result(ms(0), OpResult::Listed(key("a/b"), Ok(Vec::new())));
+    l.on_result(ms(0), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(9)))));
+    let msg1 = "b/a/0000000000000009-0000000000000001.msg";
+    assert_eq!(gets(&ops(l.take_outputs())), [msg1]);
+    l.on_result(ms(1), OpResult::Got(key(msg1), Ok(None)));
+    // That fetch found nothing: the head was not due (just read).
+    assert!(gets(&ops(l.take_outputs())).is_empty());
+    // A wake: the next message only ...
+    l.wake(ms(2));
+    assert_eq!(gets(&ops(l.take_outputs())), [msg1]);
+    // ... and the head once it is not there.
+    l.on_result(ms(2), OpResult::Got(key(msg1), Ok(None)));
+    assert_eq!(gets(&ops(l.take_outputs())), ["b/a/head"]);
+    l.on_result(ms(2), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(9)))));
+    // A wake that finds the message: no head read behind it.
+    l.wake(ms(3));
+    assert_eq!(gets(&ops(l.take_outputs())), [msg1]);
+    let m1 = Envelope {
+        flags: 0,
+        kind: Kind::Ping,
+        sender: id("b"),
+        recipient: id("a"),
+        session: 9,
+        seq: 1,
+        base: 1,
+        payload: vec![0; 8],
+    }
+    .encode();
+    l.on_result(ms(3), OpResult::Got(key(msg1), Ok(Some(m1))));
+    let after = gets(&ops(l.take_outputs()));
+    let msg2 = "b/a/0000000000000009-0000000000000002.msg";
+    assert!(!after.contains(&"b/a/head".to_string()) && after.contains(&msg2.to_string()), "{after:?}");
+    // The peer restarted with a new session: the old one's next message
+    // never comes; the head is read as soon as that fetch finds nothing,
+    // and the new session followed.
+    l.on_result(ms(4), OpResult::Got(key(msg2), Ok(None)));
+    assert!(gets(&ops(l.take_outputs())).contains(&"b/a/head".to_string()));
+    l.on_result(ms(4), OpResult::Got(key("b/a/head"), Ok(Some(head_of_b(10)))));
+    let g = gets(&ops(l.take_outputs()));
+    assert!(g.contains(&"b/a/000000000000000a-0000000000000001.msg".to_string()), "{g:?}");
+}
+
 #[test]
 fn ping_server_lists_at_most_every_discover_every_and_serves_known_clients() {
     let mut s = PingServer::new(id("srv"), LinkConfig::default(), 5).with_discover_every(Duration::from_secs(5));

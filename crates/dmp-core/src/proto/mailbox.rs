@@ -218,6 +218,9 @@ pub struct Link {
     fetching: BTreeSet<u64>,
     buffered: BTreeMap<u64, Envelope>,
     head_get_pending: bool,
+    /// The head was due while the next message was being fetched: it is
+    /// read once a fetch finds nothing (see [`Link::wake`]).
+    head_deferred: bool,
     /// [`Link::wake`] was called while reads were under way.
     woke_while_reading: bool,
     last_head_read: Option<Duration>,
@@ -289,6 +292,7 @@ impl Link {
             fetching: BTreeSet::new(),
             buffered: BTreeMap::new(),
             head_get_pending: false,
+            head_deferred: false,
             woke_while_reading: false,
             last_head_read: None,
             last_delivery: None,
@@ -430,26 +434,43 @@ impl Link {
         }
         // The next message first: on a folder store reads run one after
         // the other, and the message is what the wake is most likely for.
+        let mut fetching_next = false;
         if let Some(session) = self.state.peer_session {
             let next = self.delivered + 1;
             // A peer whose head is gone has finished that session: only its
             // head is watched, for a new one.
             if !self.peer_gone && !self.buffered.contains_key(&next) {
                 self.fetch(now, session, next);
+                fetching_next = self.fetching.contains(&next);
             }
         }
         let head_due = self.state.peer_session.is_none()
             || self.last_head_read.is_none_or(|t| now.saturating_sub(t) >= self.head_interval(now));
-        if head_due && !self.head_get_pending {
-            self.head_get_pending = true;
-            self.last_head_read = Some(now);
-            self.out.push(Output::Op(Op::Get(self.head_key_in.clone(), MAX_ACK_LEN)));
+        if head_due && fetching_next && self.cfg.head_every.is_zero() {
+            // Read at every wake (a local folder, where reads run one after
+            // the other): the head tells of a new session or a finished
+            // one, and while the peer's messages keep coming neither has
+            // happened. So it is read once a fetch finds nothing, not ahead
+            // of what the message leads to (a ping server's reply waited
+            // behind it). Elsewhere both reads go out together.
+            self.head_deferred = true;
+        } else if head_due {
+            self.read_head(now);
         }
         if !self.inflight.is_empty() && !self.ack_get_pending {
             self.ack_get_pending = true;
             self.out.push(Output::Op(Op::Get(self.ack_key_in.clone(), MAX_ACK_LEN)));
         }
         self.retry_due(now);
+    }
+
+    fn read_head(&mut self, now: Duration) {
+        self.head_deferred = false;
+        if !self.head_get_pending {
+            self.head_get_pending = true;
+            self.last_head_read = Some(now);
+            self.out.push(Output::Op(Op::Get(self.head_key_in.clone(), MAX_ACK_LEN)));
+        }
     }
 
     /// How long after the last read the peer's head is read again: see
@@ -947,6 +968,9 @@ impl Link {
     fn on_fetched(&mut self, now: Duration, key: Key, r: Result<Option<Vec<u8>>, StoreError>) {
         let Some((session, seq)) = parse_msg_name(key.name()) else { return };
         self.fetching.remove(&seq);
+        if self.head_deferred && !matches!(r, Ok(Some(_))) {
+            self.read_head(now);
+        }
         let bytes = match r {
             Ok(Some(b)) => b,
             Ok(None) => return, // not yet visible (or deleted): looked for again at the next wake
