@@ -139,6 +139,13 @@ impl Row {
         self
     }
 
+    /// Compares with a baseline without a target (for context).
+    pub fn compared(mut self, label: impl Into<String>, baseline: f64, ratio: f64) -> Row {
+        self.baseline = Some((label.into(), baseline));
+        self.ratio = Some(ratio);
+        self
+    }
+
     pub fn note(mut self, note: impl Into<String>) -> Row {
         let n = note.into();
         self.note = if self.note.is_empty() { n } else { format!("{}; {n}", self.note) };
@@ -382,7 +389,9 @@ pub fn ping_rows(s: &Samples, place: &str, p50_max: f64, about: &str) -> Vec<Row
     ]
 }
 
-/// Ping round trip over a local folder: p50, p90, p99, median of RUNS runs.
+/// Ping round trip over a local folder: p50, p90, p99, median of RUNS runs;
+/// beside it, in each run and in the same kind of directory, the same
+/// exchange of files without DMP (see [`handoff_floor_ms`]).
 fn ping_rtt(ctx: &Ctx) -> Result<Vec<Row>> {
     let count = if ctx.quick { 50 } else { 200 };
     let s = Samples::measure(RUNS, |_, run| {
@@ -392,9 +401,90 @@ fn ping_rtt(ctx: &Ctx) -> Result<Vec<Row>> {
         let client =
             Pings::start(ctx.tool("dmp-ping-client", &store, &dir.join("alice")), "alice", count, "0.01", dir.path())?;
         Pings::finish(client)?.record(run);
-        server.stop()
+        server.stop()?;
+        if let Some(floor) = handoff_floor_ms(&dir.join("floor"), count as usize)? {
+            run.insert("floor", crate::util::median(&floor));
+        }
+        Ok(())
     })?;
-    Ok(ping_rows(&s, "local folder", 0.5, &format!("{count} pings at -i 0.01 per run")))
+    let mut rows = ping_rows(&s, "local folder", 0.5, &format!("{count} pings at -i 0.01 per run"));
+    if s.has("floor") {
+        let row =
+            Row::new("file hand-off round trip without DMP, p50, local folder", s.median("floor"), "ms").note(format!(
+                "no target: the floor under the ping figure; two threads hand {count} files to each other \
+                 (write under a temporary name, rename, inotify wake, read, delete) in the same kind of \
+                 directory in the same runs; runs: {}",
+                s.list("floor")
+            ));
+        rows.insert(
+            1,
+            Row::new("ping rtt p50 over the hand-off floor, local folder", s.median("p50"), "ms").compared(
+                "hand-off without DMP",
+                s.median("floor"),
+                s.ratio("p50", "floor"),
+            ),
+        );
+        rows.insert(2, row);
+    }
+    Ok(rows)
+}
+
+/// The least a round trip through files costs here, without DMP: one
+/// thread writes a file of a message's size under a temporary name and
+/// renames it into the other's directory; the other, woken by inotify,
+/// reads and deletes it and answers the same way. Round trips in ms, one
+/// every 10 ms as in the ping figure; `None` where there is no inotify.
+#[cfg(target_os = "linux")]
+fn handoff_floor_ms(dir: &Path, n: usize) -> Result<Option<Vec<f64>>> {
+    use inotify::{Inotify, WatchMask};
+    use std::io::ErrorKind;
+    fn put(d: &Path, name: &str) -> std::io::Result<()> {
+        let tmp = d.join(format!(".~{name}.tmp"));
+        std::fs::write(&tmp, [7u8; 180])?;
+        std::fs::rename(&tmp, d.join(name))
+    }
+    fn take(ino: &mut Inotify, d: &Path, name: &str) -> std::io::Result<()> {
+        let (p, mut buf) = (d.join(name), [0u8; 4096]);
+        loop {
+            match std::fs::read(&p) {
+                Ok(_) => return std::fs::remove_file(&p),
+                Err(e) if e.kind() == ErrorKind::NotFound => drop(ino.read_events_blocking(&mut buf)?),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a)?;
+    std::fs::create_dir_all(&b)?;
+    let watch = |d: &Path| -> Result<Inotify> {
+        let ino = Inotify::init()?;
+        ino.watches().add(d, WatchMask::MOVED_TO)?;
+        Ok(ino)
+    };
+    let (mut ia, mut ib) = (watch(&a)?, watch(&b)?);
+    let (a2, b2) = (a.clone(), b.clone());
+    let responder = std::thread::spawn(move || -> std::io::Result<()> {
+        for i in 0..n {
+            take(&mut ia, &a2, &format!("ping{i}"))?;
+            put(&b2, &format!("pong{i}"))?;
+        }
+        Ok(())
+    });
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        std::thread::sleep(Duration::from_millis(10));
+        let t = Instant::now();
+        put(&a, &format!("ping{i}"))?;
+        take(&mut ib, &b, &format!("pong{i}"))?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    responder.join().map_err(|_| anyhow::anyhow!("the hand-off responder panicked"))??;
+    Ok(Some(rtts))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn handoff_floor_ms(_dir: &Path, _n: usize) -> Result<Option<Vec<f64>>> {
+    Ok(None)
 }
 
 /// Ping server fan-in: 100 clients at once, 10 pings each, against one
