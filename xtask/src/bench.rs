@@ -839,6 +839,19 @@ fn wait_pair_sampling_rss(mut procs: [Proc; 2], timeout: Duration) -> Result<[(P
 mod tests {
     use super::Pings;
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_hand_off_floor_measures_each_round_trip() {
+        let dir = crate::util::TempDir::new_in(&std::env::temp_dir(), "floor-test").unwrap();
+        let rtts = super::handoff_floor_ms(&dir.join("f"), 5).unwrap().expect("inotify on Linux");
+        assert_eq!(rtts.len(), 5);
+        assert!(rtts.iter().all(|&ms| ms > 0.0 && ms < 5_000.0), "{rtts:?}");
+        // Every file was taken: nothing is left in either directory.
+        for d in ["f/a", "f/b"] {
+            assert_eq!(std::fs::read_dir(dir.join(d)).unwrap().count(), 0, "{d} not empty");
+        }
+    }
+
     #[test]
     fn reads_ping_output() {
         let out = "PING bob from alice via /tmp/s\nreply from bob: seq=1 time=0.549 ms\nreply from bob: seq=2 \
