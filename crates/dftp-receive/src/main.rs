@@ -50,6 +50,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
+    if let Err(exit) = dmp_cli::check_distinct(("SENDER-ID", &cli.sender), ("RECEIVER-ID", &cli.receiver)) {
+        return exit;
+    }
     if let Some(exit) = cli.common.fingerprint_exit(&cli.receiver) {
         return exit;
     }
@@ -115,12 +118,13 @@ async fn run(cli: Cli) -> Exit {
     match res {
         Ok(r) => {
             if cli.json {
-                println!("{}", serde_json::to_string(&r).expect("serializable"));
+                // The file is in place: a closed stdout changes nothing.
+                dmp_cli::say(format_args!("{}", serde_json::to_string(&r).expect("serializable")));
             } else {
-                println!(
+                dmp_cli::say(format_args!(
                     "received {}: {} bytes in {:.2} s ({:.1} MiB/s), sha256 {}",
                     r.path, r.bytes, r.seconds, r.mb_per_s, r.sha256
-                );
+                ));
             }
             Exit::Ok
         }

@@ -737,6 +737,8 @@ fn usage_errors_exit_2_with_one_line() {
         // A quota must hold one sealed chunk object: 64 KiB + 60 bytes.
         args(&[&RECEIVER, &SENDER, &s.src, &"-b", &"64k", &"--quota", &"64k", &"--store", store]),
         args(&[&RECEIVER, &SENDER, &s.src, &"-b", &"64k", &"--quota", &"1k", &"--store", store]),
+        // A party cannot send to itself.
+        args(&[&SENDER, &SENDER, &s.src, &"--store", store]),
     ] {
         usage_error(sb, "dftp-send", a);
     }
@@ -745,6 +747,7 @@ fn usage_errors_exit_2_with_one_line() {
         args(&[&SENDER, &"b/ob", &s.dir, &"--store", store]),
         args(&[&SENDER, &RECEIVER, not_dir, &"--store", store]),
         args(&[&SENDER, &RECEIVER, &missing, &"--store", store]),
+        args(&[&RECEIVER, &RECEIVER, &s.dir, &"--store", store]),
     ] {
         usage_error(sb, "dftp-receive", a);
     }

@@ -120,6 +120,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, sizes: Sizes) -> Exit {
+    if let Err(exit) = dmp_cli::check_distinct(("RECEIVER-ID", &cli.receiver), ("SENDER-ID", &cli.sender)) {
+        return exit;
+    }
     if let Some(exit) = cli.common.fingerprint_exit(&cli.sender) {
         return exit;
     }
@@ -187,14 +190,18 @@ async fn run(cli: Cli, sizes: Sizes) -> Exit {
     match res {
         Ok(r) => {
             if cli.json {
-                println!("{}", serde_json::to_string(&r).expect("serializable"));
+                // The file is delivered: a closed stdout changes nothing.
+                dmp_cli::say(format_args!("{}", serde_json::to_string(&r).expect("serializable")));
             } else {
-                println!(
+                dmp_cli::say(format_args!(
                     "sent {}: {} bytes in {:.2} s ({:.1} MiB/s), sha256 {}",
                     r.file, r.bytes, r.seconds, r.mb_per_s, r.sha256
-                );
+                ));
                 if r.resumed_bytes > 0 {
-                    println!("resumed at {} bytes; this run published {} bytes", r.resumed_bytes, r.sent_bytes);
+                    dmp_cli::say(format_args!(
+                        "resumed at {} bytes; this run published {} bytes",
+                        r.resumed_bytes, r.sent_bytes
+                    ));
                 }
             }
             Exit::Ok

@@ -233,7 +233,7 @@ impl Common {
         }
         let dir = dmp_core::keys::config_dir()?;
         let (identity, _) = dmp_core::keys::load_or_create_identity(&dir, me)?;
-        println!("{me} {}", identity.public().fingerprint());
+        anyhow::ensure!(say(format_args!("{me} {}", identity.public().fingerprint())), "cannot write to stdout");
         Ok(true)
     }
 }
@@ -391,6 +391,26 @@ pub fn generate<T: clap::CommandFactory>(kind: &str, out: &mut dyn std::io::Writ
 pub fn report(err: &anyhow::Error) {
     let msg = format!("{err:#}").replace('\n', " ");
     eprintln!("error: {msg}");
+}
+
+/// Writes one line of results to stdout; `false` when stdout is gone (a
+/// closed pipe, as in `| head -1`) or cannot be written, where `println!`
+/// would panic.
+pub fn say(line: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).is_ok()
+}
+
+/// A usage error (exit code 2) when the two peer ids given are one: a party
+/// cannot talk to itself through its own outbox, and the one that stops
+/// first would remove the other's files (its key among them).
+pub fn check_distinct(peer: (&str, &dmp_core::PeerId), me: (&str, &dmp_core::PeerId)) -> Result<(), Exit> {
+    if peer.1 != me.1 {
+        return Ok(());
+    }
+    eprintln!("error: {} and {} are both {:?}; they must differ (see --help)", peer.0, me.0, me.1.as_str());
+    Err(Exit::Usage)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

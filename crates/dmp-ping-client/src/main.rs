@@ -74,6 +74,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
+    if let Err(exit) = dmp_cli::check_distinct(("SERVER-ID", &cli.server), ("CLIENT-ID", &cli.client)) {
+        return exit;
+    }
     if let Some(exit) = cli.common.fingerprint_exit(&cli.client) {
         return exit;
     }
@@ -83,8 +86,18 @@ async fn run(cli: Cli) -> Exit {
     };
     let text = !cli.json;
     let quiet = cli.common.quiet;
+    // Once stdout is gone (`| head -1`), the run stops as on Ctrl-C: the
+    // client removes its files from the store and exits without printing.
+    let stdout_gone = std::cell::Cell::new(false);
+    let stdout_closed = tokio::sync::Notify::new();
+    let say = |line: std::fmt::Arguments<'_>| {
+        if !stdout_gone.get() && !dmp_cli::say(line) {
+            stdout_gone.set(true);
+            stdout_closed.notify_one();
+        }
+    };
     if text {
-        println!("PING {} from {} via {}", cli.server, cli.client, spec);
+        say(format_args!("PING {} from {} via {}", cli.server, cli.client, spec));
     }
     let cfg = PingConfig {
         count: cli.count,
@@ -102,17 +115,22 @@ async fn run(cli: Cli) -> Exit {
         security,
         |ev| match ev {
             PingEvent::Reply { seq, rtt } if text && !quiet => {
-                println!("reply from {server}: seq={seq} time={} ms", fmt_ms(*rtt));
+                say(format_args!("reply from {server}: seq={seq} time={} ms", fmt_ms(*rtt)));
             }
             PingEvent::Lost { seq } if text && !quiet => {
-                println!("seq={seq}: no answer from {server} within {} s", wait.as_secs_f64());
+                say(format_args!("seq={seq}: no answer from {server} within {} s", wait.as_secs_f64()));
             }
             PingEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
             PingEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
             PingEvent::Key(n) => dmp_cli::key_notice(quiet)(n.clone()),
             _ => {}
         },
-        dmp_cli::shutdown_signal(),
+        async {
+            tokio::select! {
+                () = dmp_cli::shutdown_signal() => {}
+                () = stdout_closed.notified() => {}
+            }
+        },
     )
     .await;
     let summary = match summary {
@@ -123,6 +141,10 @@ async fn run(cli: Cli) -> Exit {
         }
     };
     let st = summary.stats();
+    let done = if summary.received > 0 { Exit::Ok } else { Exit::Failed };
+    if stdout_gone.get() {
+        return done;
+    }
     if cli.json {
         let v = serde_json::json!({
             "server": cli.server.as_str(),
@@ -130,16 +152,24 @@ async fn run(cli: Cli) -> Exit {
             "sent": summary.sent,
             "received": summary.received,
             "loss_pct": summary.loss_pct(),
-            "rtt_ms": { "min": st.min, "avg": st.avg, "max": st.max, "mdev": st.mdev, "p50": st.p50, "p99": st.p99 },
+            // No reply, no round trip: null, not zeros.
+            "rtt_ms": (summary.received > 0).then(|| serde_json::json!(
+                { "min": st.min, "avg": st.avg, "max": st.max, "mdev": st.mdev, "p50": st.p50, "p99": st.p99 }
+            )),
         });
-        println!("{v}");
+        say(format_args!("{v}"));
     } else {
-        println!();
-        println!("--- {} ping statistics ---", cli.server);
-        println!("{} sent, {} received, {}% loss", summary.sent, summary.received, fmt_pct(summary.loss_pct()));
+        say(format_args!(""));
+        say(format_args!("--- {} ping statistics ---", cli.server));
+        say(format_args!(
+            "{} sent, {} received, {}% loss",
+            summary.sent,
+            summary.received,
+            fmt_pct(summary.loss_pct())
+        ));
         if summary.received > 0 {
-            println!("rtt min/avg/max/mdev = {:.3}/{:.3}/{:.3}/{:.3} ms", st.min, st.avg, st.max, st.mdev);
+            say(format_args!("rtt min/avg/max/mdev = {:.3}/{:.3}/{:.3}/{:.3} ms", st.min, st.avg, st.max, st.mdev));
         }
     }
-    if summary.received > 0 { Exit::Ok } else { Exit::Failed }
+    done
 }

@@ -309,6 +309,48 @@ fn no_server_means_total_loss_and_exit_1() {
     assert!(out.contains("100% loss"), "{out}");
     // The client leaves nothing behind in its outbox.
     assert!(files_below(&env.store().join("alice")).is_empty(), "{:?}", files_below(&env.store()));
+    // Without a reply there is no round trip to report: null, not zeros.
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "-W", "0.3", "--json"]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout is JSON");
+    assert_eq!((v["received"].as_u64(), v["rtt_ms"].is_null()), (Some(0), true), "{v}");
+}
+
+/// `dmp-ping-client ... | head -1`: once stdout is closed the client stops
+/// as on Ctrl-C, removes its files from the store and exits without a
+/// panic (`println!` panics on a closed pipe).
+#[test]
+fn a_closed_stdout_ends_the_run_cleanly() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let _server = env.server("bob");
+    let mut cmd = command("dmp-ping-client", &env.store(), &["bob", "alice", "-i", "0.05"]);
+    let err = env.logs().join("client-closed.err");
+    cmd.stdout(Stdio::piped()).stderr(File::create(&err).unwrap());
+    let mut child = cmd.spawn().expect("start dmp-ping-client");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("the PING line");
+    assert!(line.starts_with("PING bob from alice"), "{line:?}");
+    line.clear();
+    out.read_line(&mut line).expect("a reply line");
+    assert!(line.starts_with("reply from bob"), "{line:?}");
+    drop(out);
+    let deadline = Instant::now() + PATIENCE;
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dmp-ping-client went on after its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(st.code(), Some(0), "{st}\nstderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(files_below(&env.store().join("alice")).is_empty(), "{:?}", files_below(&env.store()));
 }
 
 #[test]
@@ -328,6 +370,20 @@ fn bad_peer_ids_are_usage_errors_that_state_the_rule() {
         }
     }
     assert!(!env.store().join("BOB").exists() && !env.store().join("a").exists());
+}
+
+/// A client with the server's own id would answer nothing, and on its way
+/// out remove the server's files (its published key among them), so that
+/// no new client could reach the server any more.
+#[test]
+fn a_client_with_the_servers_id_is_a_usage_error() {
+    let env = Env::new();
+    let (code, out, err) = env.run("dmp-ping-client", &env.store(), &["bob", "bob", "-c", "1", "-W", "1"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    let line = one_line(&err, "bob bob");
+    assert!(line.contains("must differ"), "{line}");
+    assert!(out.is_empty(), "nothing on stdout, got {out:?}");
+    assert!(files_below(&env.store()).is_empty(), "{:?}", files_below(&env.store()));
 }
 
 #[test]

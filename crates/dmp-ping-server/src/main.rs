@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Exit {
                     "store_outages": outages,
                     "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 });
-                println!("{v}");
+                dmp_cli::say(format_args!("{v}"));
             }
             Exit::Ok
         }
