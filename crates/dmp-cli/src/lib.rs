@@ -402,6 +402,28 @@ pub fn say(line: std::fmt::Arguments<'_>) -> bool {
     out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).is_ok()
 }
 
+/// Logs files of the store that were not usable: a warning the first time
+/// a file is rejected for a reason, the same again at debug level only (a
+/// file that stays bad is read again with back-off for as long as the tool
+/// runs, and anyone who can write the store can plant one).
+#[derive(Default)]
+pub struct RejectLog(std::collections::HashMap<String, String>);
+
+impl RejectLog {
+    pub fn note(&mut self, key: &impl std::fmt::Display, reason: &str) {
+        let key = key.to_string();
+        if self.0.get(&key).is_some_and(|r| r == reason) {
+            tracing::debug!("ignored {key} again: {reason}");
+            return;
+        }
+        tracing::warn!("ignored {key}: {reason}");
+        if self.0.len() >= 1024 {
+            self.0.clear();
+        }
+        self.0.insert(key, reason.to_owned());
+    }
+}
+
 /// A usage error (exit code 2) when the two peer ids given are one: a party
 /// cannot talk to itself through its own outbox, and the one that stops
 /// first would remove the other's files (its key among them).

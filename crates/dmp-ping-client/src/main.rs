@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> Exit {
     };
     let server = cli.server.clone();
     let wait = cli.wait;
+    let mut rejects = dmp_cli::RejectLog::default();
     let summary = dmp_core::drive::run_ping_client(
         store.as_ref(),
         cli.client.clone(),
@@ -120,7 +121,7 @@ async fn run(cli: Cli) -> Exit {
             PingEvent::Lost { seq } if text && !quiet => {
                 say(format_args!("seq={seq}: no answer from {server} within {} s", wait.as_secs_f64()));
             }
-            PingEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
+            PingEvent::Rejected { key, reason } => rejects.note(key, reason),
             PingEvent::StoreError(e) => tracing::warn!("{e} (retrying)"),
             PingEvent::Key(n) => dmp_cli::key_notice(quiet)(n.clone()),
             _ => {}

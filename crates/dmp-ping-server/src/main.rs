@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> Exit {
     let started = std::time::Instant::now();
     let mut clients = std::collections::BTreeSet::new();
     let (mut answered, mut outages) = (0u64, 0u64);
+    let mut rejects = dmp_cli::RejectLog::default();
     let res = dmp_core::drive::run_ping_server(
         store.as_ref(),
         cli.server.clone(),
@@ -76,7 +77,7 @@ async fn run(cli: Cli) -> Exit {
                 answered += 1;
                 tracing::debug!("answered {client} message {seq}")
             }
-            ServerEvent::Rejected { key, reason } => tracing::warn!("ignored {key}: {reason}"),
+            ServerEvent::Rejected { key, reason } => rejects.note(key, reason),
             ServerEvent::StoreError(e) => {
                 // Passed on once per outage.
                 outages += 1;

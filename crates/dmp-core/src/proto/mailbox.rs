@@ -221,6 +221,12 @@ pub struct Link {
     /// The head was due while the next message was being fetched: it is
     /// read once a fetch finds nothing (see [`Link::wake`]).
     head_deferred: bool,
+    /// Failed reads of the peer's `head` (or `ack`) in a row, and when the
+    /// next read may go out: see [`Link::head_rejected`].
+    head_fails: u32,
+    head_retry_at: Option<Duration>,
+    ack_fails: u32,
+    ack_retry_at: Option<Duration>,
     /// [`Link::wake`] was called while reads were under way.
     woke_while_reading: bool,
     last_head_read: Option<Duration>,
@@ -293,6 +299,10 @@ impl Link {
             buffered: BTreeMap::new(),
             head_get_pending: false,
             head_deferred: false,
+            head_fails: 0,
+            head_retry_at: None,
+            ack_fails: 0,
+            ack_retry_at: None,
             woke_while_reading: false,
             last_head_read: None,
             last_delivery: None,
@@ -457,7 +467,10 @@ impl Link {
         } else if head_due {
             self.read_head(now);
         }
-        if !self.inflight.is_empty() && !self.ack_get_pending {
+        if self.ack_retry_at.is_some_and(|t| now >= t) {
+            self.ack_retry_at = None;
+        }
+        if !self.inflight.is_empty() && !self.ack_get_pending && self.ack_retry_at.is_none() {
             self.ack_get_pending = true;
             self.out.push(Output::Op(Op::Get(self.ack_key_in.clone(), MAX_ACK_LEN)));
         }
@@ -466,6 +479,10 @@ impl Link {
 
     fn read_head(&mut self, now: Duration) {
         self.head_deferred = false;
+        if self.head_retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        self.head_retry_at = None;
         if !self.head_get_pending {
             self.head_get_pending = true;
             self.last_head_read = Some(now);
@@ -799,21 +816,21 @@ impl Link {
         let env = match Envelope::decode(&bytes, Some(&self.me)).map_err(|e| e.to_string()).and_then(|e| self.open(e)) {
             Ok(e) if e.kind == Kind::Ack && e.sender == self.peer => e,
             Ok(_) => {
-                self.reject(self.ack_key_in.clone(), "ack file of the wrong kind or sender".into());
+                self.ack_rejected(now, "ack file of the wrong kind or sender".into());
                 return;
             }
             Err(e) => {
                 // Possibly half-synced: try again later.
-                self.reject(self.ack_key_in.clone(), e);
-                self.schedule(now + self.cfg.min_backoff * 4);
+                self.ack_rejected(now, e);
                 return;
             }
         };
+        self.ack_fails = 0;
         // The peer's outbox is still there, whatever its head read showed.
         self.head_absent = None;
         self.peer_gone = false;
         let Some(ack) = AckBody::decode(&env.payload) else {
-            self.reject(self.ack_key_in.clone(), "malformed ack payload".into());
+            self.ack_rejected(now, "malformed ack payload".into());
             return;
         };
         if ack.session != self.state.session || ack.upto <= self.state.acked {
@@ -821,10 +838,7 @@ impl Link {
         }
         let written_upto = self.snapshot().next_seq - 1;
         if ack.upto > written_upto {
-            self.reject(
-                self.ack_key_in.clone(),
-                format!("ack for {} but only {} messages sent", ack.upto, written_upto),
-            );
+            self.ack_rejected(now, format!("ack for {} but only {} messages sent", ack.upto, written_upto));
             return;
         }
         let old = self.state.acked;
@@ -865,23 +879,22 @@ impl Link {
                 return;
             }
             Err(e) => {
-                self.reject(self.head_key_in.clone(), e.to_string());
-                self.schedule(now + self.cfg.min_backoff * 4);
+                self.head_rejected(now, e.to_string());
                 return;
             }
         };
         let env = match Envelope::decode(&bytes, Some(&self.me)).map_err(|e| e.to_string()).and_then(|e| self.open(e)) {
             Ok(e) if e.kind == Kind::Head && e.sender == self.peer && e.base >= 1 => e,
             Ok(_) => {
-                self.reject(self.head_key_in.clone(), "head file of the wrong kind or sender".into());
+                self.head_rejected(now, "head file of the wrong kind or sender".into());
                 return;
             }
             Err(e) => {
-                self.reject(self.head_key_in.clone(), e.to_string());
-                self.schedule(now + self.cfg.min_backoff * 4);
+                self.head_rejected(now, e.to_string());
                 return;
             }
         };
+        self.head_fails = 0;
         let before = (std::mem::replace(&mut self.peer_gone, false), self.state.peer_session, self.delivered);
         self.head_absent = None;
         self.enter(env.session, env.base);
@@ -891,6 +904,27 @@ impl Link {
         if before != (false, self.state.peer_session, self.delivered) {
             self.fetch_more(now);
         }
+    }
+
+    /// The peer's `ack` could not be used: as [`Link::head_rejected`].
+    fn ack_rejected(&mut self, now: Duration, reason: String) {
+        self.reject(self.ack_key_in.clone(), reason);
+        self.ack_fails = self.ack_fails.saturating_add(1);
+        let t = now + self.backoff(self.ack_fails.saturating_add(1));
+        self.ack_retry_at = Some(t);
+        self.schedule(t);
+    }
+
+    /// The peer's `head` could not be used (half-synced perhaps, or planted):
+    /// read again after a back-off that doubles with each failure in a row,
+    /// up to `max_backoff`, so that a file that stays bad is not read (and
+    /// reported) a dozen times a second for ever.
+    fn head_rejected(&mut self, now: Duration, reason: String) {
+        self.reject(self.head_key_in.clone(), reason);
+        self.head_fails = self.head_fails.saturating_add(1);
+        let t = now + self.backoff(self.head_fails.saturating_add(1));
+        self.head_retry_at = Some(t);
+        self.schedule(t);
     }
 
     /// Applies what the peer announces: its `session`, and `base`, the

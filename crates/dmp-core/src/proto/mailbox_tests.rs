@@ -833,6 +833,37 @@ fn garbage_head_and_ack_files_are_rejected_not_fatal() {
     w.check_end();
 }
 
+/// A `head` that stays bad (planted, or sealed with a key the peer no
+/// longer has) is read again with a doubling back-off, however often the
+/// link is woken meanwhile: before, every 80 ms for ever, each read a
+/// warning in the log.
+#[test]
+fn a_head_that_stays_bad_is_read_with_back_off() {
+    let cfg = LinkConfig { max_backoff: Duration::from_secs(5), ..small_cfg(4, 4) };
+    let mut w = world(cfg);
+    let head = format!("{}/{HEAD_NAME}", w.parties[0].out_dir());
+    let good = w.store.latest(&head).cloned().expect("alice wrote her head");
+    w.store.plant(&head, b"not an envelope at all");
+    let rejected = |w: &World| w.parties[1].rejected.iter().filter(|(k, _)| k.name() == HEAD_NAME).count();
+    let before = rejected(&w);
+    // 30 s of wakes every 10 ms, as other files changing would cause.
+    for _ in 0..3000 {
+        w.now += ms(10);
+        w.wake(1);
+        while w.run_op(1) {}
+    }
+    // 80 ms, 160, 320, ... then every 5 s: a dozen reads, not 375.
+    let reads = rejected(&w) - before;
+    assert!((4..=16).contains(&reads), "{reads} reads of a bad head in 30 s");
+    // A good head is picked up again within the back-off.
+    w.store.plant(&head, &good);
+    let session = w.parties[0].link.state().session;
+    w.parties[0].target = 2;
+    w.rounds(40, ms(200));
+    assert!(w.done(), "alice's session {session} was not followed after her head came good");
+    w.check_end();
+}
+
 #[test]
 fn conflict_copies_in_an_outbox_are_ignored() {
     let mut w = world(small_cfg(4, 4));
