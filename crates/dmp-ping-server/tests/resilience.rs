@@ -87,6 +87,28 @@ fn folder_store_removed_and_recreated_while_the_server_runs() {
     srv.wait().expect_ok();
 }
 
+/// The server's published key removed while it runs (by hand, or by a
+/// party that stopped with the server's id): it is written again, so that a
+/// client that never pinned it can still reach the server.
+#[test]
+fn a_removed_key_is_published_again() {
+    let sb = Sandbox::new();
+    let store = sb.store.to_str().unwrap().to_owned();
+    let mut srv = server(&sb, &store);
+    pings_succeed(&sb, &store, "alice", &mut srv);
+    let key = sb.store.join("bob").join("key");
+    let published = std::fs::read(&key).expect("the server published its key");
+    std::fs::remove_file(&key).unwrap();
+    // On a folder the removal is seen at once, well before the 30 s check.
+    wait_until(Duration::from_secs(10), "the key published again", || {
+        std::fs::read(&key).is_ok_and(|k| k == published)
+    });
+    let t = pings_succeed(&sb, &store, "newcomer", &mut srv);
+    eprintln!("a client new to the server got replies {t:?} after the key came back");
+    srv.signal("TERM");
+    srv.wait().expect_ok();
+}
+
 // ---- WebDAV --------------------------------------------------------------------
 
 /// nginx WebDAV from `scripts/nginx-webdav.sh run DIR` in the foreground on

@@ -512,6 +512,10 @@ impl ServerOptions {
 /// every client's link (a safety net for a missed notification).
 const FULL_WAKE_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a ping server checks that its published key is still there
+/// (one read; on a folder a removal is also seen at once).
+pub const KEY_REPUBLISH_EVERY: Duration = Duration::from_secs(30);
+
 /// Runs the ping server until `shutdown` completes, then removes its files.
 ///
 /// With `security`, each client's key is resolved (and pinned on first
@@ -557,6 +561,8 @@ pub async fn run_ping_server(
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
     let mut last_key_check: Option<Duration> = None;
+    let my_key = Key::new([me.as_str(), crate::keys::KEY_FILE]).expect("valid id");
+    let mut last_republish = clock.now();
     let key_check_every = if store.notifies() { Duration::from_millis(100) } else { Duration::from_secs(2) };
     let mut outage = Outage::default();
     let mut last_full = clock.now();
@@ -587,10 +593,19 @@ pub async fn run_ping_server(
             pace.activity(clock.now());
             machine.wake(clock.now());
         }
+        // My published key may have gone (removed by hand, by a party that
+        // took my id, or with the store in a race that left my head in
+        // place): clients that have not pinned it yet could not reach me.
+        // It is looked at again every so often (one read), and at once when
+        // the store says it changed.
+        if key_published && clock.now().saturating_sub(last_republish) >= KEY_REPUBLISH_EVERY {
+            key_published = false;
+        }
         let check_keys = last_key_check.is_none_or(|t| clock.now().saturating_sub(t) >= key_check_every);
         if let (true, Some(sec)) = (check_keys, &security) {
             last_key_check = Some(clock.now());
             if !key_published {
+                last_republish = clock.now();
                 key_published = publish_key(store, &security, false).await;
                 wrote_mine |= key_published;
             }
@@ -676,6 +691,10 @@ pub async fn run_ping_server(
                 pace.woke(&ops);
                 let now = clock.now();
                 let set = changes.take();
+                if !set.all && set.touches(&my_key) && security.is_some() {
+                    key_published = false;
+                    last_key_check = None;
+                }
                 // A client waiting for its key (or for its outbox to me,
                 // which comes with its first ping) is looked up again as
                 // soon as its files change, not at the next periodic check.
