@@ -134,6 +134,20 @@ impl Proc {
         }
     }
 
+    /// Waits until the process's stderr satisfies `cond`.
+    fn wait_stderr(&mut self, what: &str, cond: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !cond(&self.stderr()) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {PATIENCE:?}\nstderr:\n{}",
+                self.what,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs to completion: (exit code, stdout, stderr).
     fn finish(mut self) -> (i32, String, String) {
         let st = self.wait();
@@ -351,6 +365,25 @@ fn a_closed_stdout_ends_the_run_cleanly() {
     assert_eq!(st.code(), Some(0), "{st}\nstderr:\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(files_below(&env.store().join("alice")).is_empty(), "{:?}", files_below(&env.store()));
+}
+
+/// A client that comes back with a new key (a reinstall) while the server
+/// has its old one pinned: the server says so, with both fingerprints, and
+/// refuses that client instead of failing to open its files for ever.
+#[test]
+fn a_client_with_a_changed_key_is_refused_by_name() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let mut cmd = command("dmp-ping-client", &env.store(), &["bob", "alice", "-c", "2", "-i", "0.5", "-W", "3"]);
+    cmd.env("DMP_CONFIG_DIR", env.logs().join("config-reinstalled"));
+    let (code, out, err) = Proc::spawn(cmd, env.logs(), "client-new-key").finish();
+    assert_eq!(code, 1, "no reply for a client whose key changed\nstdout:\n{out}\nstderr:\n{err}");
+    server.wait_stderr("the refusal", |e| e.contains("refusing alice") && e.contains("changed"));
+    let err = server.stderr();
+    let line = err.lines().find(|l| l.contains("refusing alice")).unwrap_or_default();
+    assert!(line.contains("pinned") && line.contains("published"), "{line}");
 }
 
 #[test]

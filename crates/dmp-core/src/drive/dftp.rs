@@ -1,7 +1,7 @@
 //! Runs the DFTP sender and receiver machines: store operations, local file
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
-use super::security::Security;
+use super::security::{KeyRecheck, Security};
 use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
@@ -99,32 +99,6 @@ async fn remove_stale_chunks(store: &dyn Store, dir: &Key) {
                 let _ = store.delete(&k).await;
             }
         }
-    }
-}
-
-/// When to look again at the peer's published key: once files of the peer
-/// fail to open (at most every 2 s), see [`Security::recheck`].
-#[derive(Default)]
-struct KeyRecheck {
-    at: Option<Duration>,
-    last: Option<Duration>,
-}
-
-impl KeyRecheck {
-    fn rejected(&mut self, now: Duration, reason: &str) {
-        if crate::crypto::is_open_failure(reason) && self.at.is_none() {
-            let t = self.last.map_or(now, |l| (l + Duration::from_secs(2)).max(now));
-            self.at = Some(t);
-        }
-    }
-
-    fn due(&mut self, now: Duration) -> bool {
-        if self.at.is_some_and(|t| t <= now) {
-            self.at = None;
-            self.last = Some(now);
-            return true;
-        }
-        false
     }
 }
 

@@ -413,6 +413,7 @@ pub async fn run_ping_client(
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
     let mut failure = None;
+    let mut recheck = security::KeyRecheck::default();
     loop {
         if let (true, Some(sec)) = (machine.needs_key(), &security) {
             match sec.resolve(store, &server, &mut |n| on_event(&PingEvent::Key(n))).await {
@@ -424,12 +425,22 @@ pub async fn run_ping_client(
                 }
             }
         }
+        // The server's replies stopped opening: it may have a new key.
+        if let (true, Some(sec)) = (recheck.due(clock.now()), &security) {
+            if let Err(e) = sec.recheck(store, &server).await {
+                failure = Some(e);
+                break;
+            }
+        }
         for op in machine.take_ops() {
             ops.push(op);
         }
         let mut active = false;
         for ev in machine.take_events() {
             active |= matches!(ev, PingEvent::Reply { .. } | PingEvent::Sent { .. });
+            if let PingEvent::Rejected { reason, .. } = &ev {
+                recheck.rejected(clock.now(), reason);
+            }
             on_event(&ev);
         }
         if machine.finished() {
@@ -547,6 +558,9 @@ pub async fn run_ping_server(
     let mut wrote_mine = key_published;
     let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
     let mut key_next: std::collections::BTreeMap<PeerId, (Duration, Duration)> = Default::default();
+    // Clients whose files stopped opening: their published key is compared
+    // with the pinned one again.
+    let mut rechecks: std::collections::BTreeMap<PeerId, security::KeyRecheck> = Default::default();
     let new_machine = |now: Duration| {
         let mut m =
             PingServer::new(me.clone(), opts.link.clone(), fresh_session()).with_discover_every(opts.discover_every);
@@ -609,6 +623,19 @@ pub async fn run_ping_server(
                 key_published = publish_key(store, &security, false).await;
                 wrote_mine |= key_published;
             }
+            let now = clock.now();
+            let due: Vec<PeerId> = rechecks.iter_mut().filter_map(|(c, r)| r.due(now).then(|| c.clone())).collect();
+            for client in due {
+                if let Err(e) = sec.recheck(store, &client).await {
+                    // A changed key: that client is not served any more
+                    // (its link is dropped; found again, it waits for a key
+                    // it will not get), the others go on.
+                    on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
+                    refused.insert(client.clone());
+                    rechecks.remove(&client);
+                    machine.drop_client(&client);
+                }
+            }
             for client in machine.clients_needing_key() {
                 let now = clock.now();
                 // A client whose key is not there yet (or whose outbox cannot
@@ -655,6 +682,17 @@ pub async fn run_ping_server(
                 }
                 ServerEvent::Rejected { key, reason } if outage.since.is_some() => {
                     tracing::debug!("cannot read {key} yet: {reason}")
+                }
+                ServerEvent::Rejected { key, reason } => {
+                    // A file in a client's outbox towards me.
+                    let client = key.as_str().split('/').next().and_then(|c| PeerId::new(c).ok());
+                    if let Some(c) = client.filter(|c| !refused.contains(c) && c != &me) {
+                        rechecks.entry(c).or_default().rejected(clock.now(), reason);
+                        if crate::crypto::is_open_failure(reason) {
+                            last_key_check = None;
+                        }
+                    }
+                    on_event(&ev);
                 }
                 _ => on_event(&ev),
             }

@@ -5,6 +5,7 @@ use crate::crypto::{Identity, PeerCrypto, PublicKey, SharedRng};
 use crate::id::PeerId;
 use crate::keys::{KeyError, KeyNotice, KnownPeers, Pin, fetch_published, publish};
 use crate::store::Store;
+use std::time::Duration;
 
 /// A party's keys and pins; `None` in the drivers means plaintext.
 #[derive(Clone)]
@@ -89,5 +90,31 @@ impl Security {
             }
             (None, None) => Ok(None),
         }
+    }
+}
+
+/// When to look again at the peer's published key: once files of the peer
+/// fail to open (at most every 2 s), see [`Security::recheck`].
+#[derive(Default)]
+pub(crate) struct KeyRecheck {
+    at: Option<Duration>,
+    last: Option<Duration>,
+}
+
+impl KeyRecheck {
+    pub(crate) fn rejected(&mut self, now: Duration, reason: &str) {
+        if crate::crypto::is_open_failure(reason) && self.at.is_none() {
+            let t = self.last.map_or(now, |l| (l + Duration::from_secs(2)).max(now));
+            self.at = Some(t);
+        }
+    }
+
+    pub(crate) fn due(&mut self, now: Duration) -> bool {
+        if self.at.is_some_and(|t| t <= now) {
+            self.at = None;
+            self.last = Some(now);
+            return true;
+        }
+        false
     }
 }

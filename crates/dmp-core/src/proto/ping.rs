@@ -357,6 +357,12 @@ impl PingServer {
         true
     }
 
+    /// Stops serving `client` (its key changed): its link goes. Found again
+    /// by a listing, it is a new client that waits for its key.
+    pub fn drop_client(&mut self, client: &PeerId) {
+        self.links.remove(client);
+    }
+
     /// Clients whose key is still needed (secure links).
     pub fn clients_needing_key(&self) -> Vec<PeerId> {
         self.links.iter().filter(|(_, l)| l.needs_key()).map(|(p, _)| p.clone()).collect()
