@@ -458,6 +458,9 @@ fn a_store_that_cannot_be_created_is_a_usage_error() {
             assert_eq!(code, 2, "{name} --store {}: stdout:\n{out}\nstderr:\n{err}", store.display());
             let line = one_line(&err, name);
             assert!(line.starts_with("error:"), "{line}");
+            // It says what is wrong with which path (not "create : File exists").
+            assert!(line.contains("not a directory") || line.contains("Not a directory"), "{line}");
+            assert!(!line.contains(" : "), "{line}");
             assert!(!out.contains("sent,"), "{name}: no ping summary for a store error:\n{out}");
         }
     }

@@ -42,11 +42,11 @@ impl FolderStore {
     /// Opens (creating if needed) the directory `root` as a store.
     pub fn open(root: impl Into<PathBuf>, opts: FolderOptions) -> Result<FolderStore, StoreError> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| StoreError::Io {
-            store: root.display().to_string(),
-            op: "create",
-            key: String::new(),
-            msg: e.to_string(),
+        if fs::metadata(&root).is_ok_and(|m| !m.is_dir()) {
+            return Err(StoreError::BadSpec(format!("{} is not a directory", root.display())));
+        }
+        fs::create_dir_all(&root).map_err(|e| {
+            StoreError::BadSpec(format!("{}: cannot create the store's directory: {e}", root.display()))
         })?;
         let meta = fs::metadata(&root).map_err(|e| StoreError::Io {
             store: root.display().to_string(),
