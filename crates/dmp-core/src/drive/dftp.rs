@@ -608,7 +608,12 @@ impl Target {
                     let _ = std::fs::remove_file(&tmp);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(format!("{} appeared meanwhile; not replaced (use --overwrite)", offer.name));
+                    // The link was made by a run that stopped before it
+                    // removed the partial file: the same file, done.
+                    if !same_file(&tmp, &dest) {
+                        return Err(format!("{} appeared meanwhile; not replaced (use --overwrite)", offer.name));
+                    }
+                    let _ = std::fs::remove_file(&tmp);
                 }
                 Err(_) => std::fs::rename(&tmp, &dest).map_err(|e| format!("rename: {e}"))?,
             }
@@ -619,6 +624,16 @@ impl Target {
             let _ = d.sync_all();
         }
         Ok(dest)
+    }
+}
+
+/// True when `a` and `b` are names of one file (hard links), neither a
+/// symbolic link.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.is_file() && y.is_file() && x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
@@ -859,6 +874,38 @@ async fn linger(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(dir: &Path) -> Target {
+        Target { dir: dir.to_owned(), overwrite: false, file: None, offer: None, sink: None, writing: None }
+    }
+
+    /// A receiver killed between linking the finished file into place and
+    /// removing its partial file verifies the file again when restarted,
+    /// and then finishes: the name is a link to the very same file.
+    #[test]
+    fn finalize_again_after_a_crash_between_link_and_unlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let offer = Offer { transfer: "00000000000000aa".into(), name: "f.bin".into(), size: 5, block_size: 4096 };
+        let tmp = temp_path(dir.path(), &offer);
+        let dest = dir.path().join("f.bin");
+        let mut t = target(dir.path());
+        t.prepare(&offer, false).unwrap();
+        t.file.as_ref().unwrap().write_all_at(b"hello", 0).unwrap();
+        std::fs::hard_link(&tmp, &dest).unwrap(); // ... and then the crash
+        let mut t = target(dir.path());
+        t.prepare(&offer, true).unwrap();
+        assert_eq!(t.finalize().unwrap(), dest);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        assert!(!tmp.exists(), "the partial file is gone");
+        // A different file under the name is still never replaced.
+        let offer = Offer { transfer: "00000000000000bb".into(), ..offer };
+        std::fs::write(&dest, b"other").unwrap();
+        let mut t = Target { overwrite: false, ..target(dir.path()) };
+        std::fs::write(temp_path(dir.path(), &offer), b"hello").unwrap();
+        t.prepare(&offer, true).unwrap();
+        assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
 
     /// Aligned chunks go around the page cache, the rest through it, and
     /// the file holds exactly what was written, in any order.
