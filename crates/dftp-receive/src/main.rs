@@ -73,6 +73,10 @@ async fn run(cli: Cli) -> Exit {
     };
     let canonical = std::fs::canonicalize(&cli.dir).unwrap_or_else(|_| cli.dir.clone());
     let (store_id, path) = (spec.identity(), canonical.to_string_lossy());
+    let _lock = match dmp_cli::lock_link("dftp-receive", &store_id, &cli.sender, &cli.receiver) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
     let state_file =
         cli.common.state_file("receive", &[store_id.as_str(), cli.sender.as_str(), cli.receiver.as_str(), &path]);
     let opts = RecvOptions {

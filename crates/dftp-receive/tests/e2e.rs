@@ -706,6 +706,41 @@ fn block_size_spellings() {
     }
 }
 
+/// The same transfer started twice at once on one machine: the second of
+/// each tool stops at once with one line and exit code 2, and the first
+/// ones then complete the transfer (before, the second waited for ever, and
+/// the state it left could wedge later runs).
+#[test]
+fn a_second_run_of_the_same_link_is_refused_at_once() {
+    let s = setup("a_second_run_of_the_same_link_is_refused_at_once", "data.bin", 300 * KIB);
+    let sb = &s.sb;
+    let mut recv = spawn_recv(sb, &s.dir, &[]);
+    wait_until(TIMEOUT, "the receiver's lock", || {
+        files_under(&sb.state).iter().any(|p| p.to_string_lossy().ends_with(".lock"))
+    });
+    let again = sb.spawn("dftp-receive", recv_args(sb, &s.dir, &[])).wait();
+    again.expect_code(2);
+    let line = again.stderr_lines().join("\n");
+    assert!(line.starts_with("error: another dftp-receive from alice to bob"), "{}", again.describe());
+    // Senders: the second one is refused while the first waits for its answer.
+    let mut send = spawn_send(sb, &s.src, &["-b", "64k"]);
+    wait_until(TIMEOUT, "the sender's lock", || {
+        files_under(&sb.state).iter().filter(|p| p.to_string_lossy().ends_with(".lock")).count() == 2
+    });
+    let again = sb.spawn("dftp-send", send_args(sb, &s.src, &["-b", "64k"])).wait();
+    again.expect_code(2);
+    assert!(
+        again.stderr_lines().join("\n").starts_with("error: another dftp-send from alice to bob"),
+        "{}",
+        again.describe()
+    );
+    assert!(send.is_running() || recv.is_running());
+    send.wait().expect_ok();
+    recv.wait().expect_ok();
+    s.assert_received();
+    s.assert_clean();
+}
+
 // ---------------------------------------------------------------------------
 // Usage errors: exit 2, one line
 

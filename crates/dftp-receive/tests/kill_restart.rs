@@ -141,17 +141,14 @@ fn twenty_sigkills_alternating_sender_and_receiver() {
             format!("point {}KiB", point / KIB)
         };
         at_kill.push(format!("{}{}@{}KiB({how})", k + 1, if sender { "S" } else { "R" }, at / KIB));
-        // Replace the killed process with a new one (dropping the old
-        // guard SIGKILLs and reaps it).
-        if sender {
-            let old = std::mem::replace(&mut send, sb.spawn("dftp-send", &send_args));
-            let f = old.kill();
-            assert_eq!(f.signal, Some(9), "{}", f.describe());
-        } else {
-            let old = std::mem::replace(&mut recv, sb.spawn("dftp-receive", &recv_args));
-            let f = old.kill();
-            assert_eq!(f.signal, Some(9), "{}", f.describe());
-        }
+        // Replace the killed process with a new one, once the old one is
+        // gone: a run of the same link refuses to start while another
+        // (here the stopped one) holds its lock.
+        let (slot, tool, a) =
+            if sender { (&mut send, "dftp-send", &send_args) } else { (&mut recv, "dftp-receive", &recv_args) };
+        let f = slot.kill_in_place();
+        assert_eq!(f.signal, Some(9), "{}", f.describe());
+        *slot = sb.spawn(tool, a);
     }
     eprintln!("kills (S sender, R receiver, at the receiver's bytes): {}", at_kill.join(" "));
     let snd = send.wait();

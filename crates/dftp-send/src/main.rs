@@ -151,6 +151,10 @@ async fn run(cli: Cli, sizes: Sizes) -> Exit {
     };
     let canonical = std::fs::canonicalize(&cli.file).unwrap_or_else(|_| cli.file.clone());
     let (store_id, path) = (spec.identity(), canonical.to_string_lossy());
+    let _lock = match dmp_cli::lock_link("dftp-send", &store_id, &cli.sender, &cli.receiver) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
     let state_file =
         cli.common.state_file("send", &[store_id.as_str(), cli.sender.as_str(), cli.receiver.as_str(), &path]);
     let opts = SendOptions {

@@ -424,6 +424,27 @@ impl RejectLog {
     }
 }
 
+/// One transfer at a time per link: a second `tool` from `sender` to
+/// `receiver` through the same store on this machine is a usage error (exit
+/// code 2), before it touches the store or the state file. Two at once
+/// write the same outbox: one finished, the other waited for ever, and the
+/// state left behind could wedge later runs. Keep the returned lock for the
+/// whole run.
+pub fn lock_link(
+    tool: &str,
+    store_id: &str,
+    sender: &dmp_core::PeerId,
+    receiver: &dmp_core::PeerId,
+) -> Result<Option<dmp_core::state::StateLock>, Exit> {
+    dmp_core::state::lock(&format!("{tool}-link"), &[store_id, sender.as_str(), receiver.as_str()]).map_err(|path| {
+        eprintln!(
+            "error: another {tool} from {sender} to {receiver} through this store is running (it holds {})",
+            path.display()
+        );
+        Exit::Usage
+    })
+}
+
 /// A usage error (exit code 2) when the two peer ids given are one: a party
 /// cannot talk to itself through its own outbox, and the one that stops
 /// first would remove the other's files (its key among them).

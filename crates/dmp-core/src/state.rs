@@ -26,6 +26,62 @@ pub fn state_file(tool: &str, parts: &[&str]) -> Option<PathBuf> {
     state_dir().map(|d| d.join(format!("{tool}-{}.json", &h[..24])))
 }
 
+/// A lock `tool` holds for the identifying `parts` on this machine, taken
+/// by [`lock`]. Dropping it removes the lock file (still holding the lock):
+/// a finished run leaves nothing in the state directory.
+#[derive(Debug)]
+pub struct StateLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = fs4::FileExt::unlock(&self.file);
+    }
+}
+
+/// Takes the lock: `Ok(Some(lock))` held; `Ok(None)` where no lock can be
+/// had (no state directory, a file system without locks), and the run goes
+/// on unguarded; `Err(path)` when another process holds it.
+pub fn lock(tool: &str, parts: &[&str]) -> Result<Option<StateLock>, PathBuf> {
+    let Some(path) = state_file(tool, parts).map(|p| p.with_extension("lock")) else { return Ok(None) };
+    if let Some(d) = path.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    // A holder that finished removes the file it locked; whoever opened
+    // that file meanwhile locks a name that is gone, so it checks and
+    // tries again with the file now under the name.
+    for _ in 0..8 {
+        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!("cannot open the lock {}: {e}; going on without it", path.display());
+                return Ok(None);
+            }
+        };
+        // fs4: std's File::try_lock is newer than the MSRV (1.89 against 1.85).
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => return Err(path),
+            Err(fs4::TryLockError::Error(e)) => {
+                tracing::debug!("cannot lock {}: {e}; going on without it", path.display());
+                return Ok(None);
+            }
+        }
+        use std::os::unix::fs::MetadataExt;
+        let same = match (file.metadata(), std::fs::metadata(&path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            return Ok(Some(StateLock { file, path }));
+        }
+    }
+    Ok(None)
+}
+
 /// Why a state file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

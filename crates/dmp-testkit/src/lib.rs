@@ -359,6 +359,12 @@ impl Proc {
         self.finished()
     }
 
+    /// [`Proc::kill`] for a process held in a slot that a new one takes next.
+    pub fn kill_in_place(&mut self) -> Finished {
+        self.kill_now();
+        self.finished()
+    }
+
     /// What it wrote to stderr so far.
     pub fn stderr_so_far(&self) -> String {
         read_lossy(&self.err)
