@@ -80,34 +80,43 @@ pub fn load_or_create_identity(dir: &Path, id: &PeerId) -> Result<(Identity, boo
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let keys = dir.join("keys");
     let path = keys.join(format!("{id}.key"));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            if let Ok(meta) = std::fs::metadata(&path) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!("{} is readable by others; run chmod 600 on it", path.display());
+    loop {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        tracing::warn!("{} is readable by others; run chmod 600 on it", path.display());
+                    }
+                }
+                let bytes = hex::decode(text.trim())
+                    .map_err(|_| KeyError::Malformed { path: path.display().to_string(), msg: "not hex".into() })?;
+                let ident = Identity::from_secret_bytes(&bytes)
+                    .map_err(|e| KeyError::Malformed { path: path.display().to_string(), msg: e.to_string() })?;
+                return Ok((ident, false));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&keys).map_err(|e| io(&keys, e))?;
+                let ident = Identity::generate(&mut rand_core::TryRngCore::unwrap_err(rand_core::OsRng));
+                // Written whole under a name of its own, then linked into
+                // place: two tools started at once for the same id never
+                // see a half-written key, and the second takes the first's.
+                let tmp = keys.join(format!(".{id}.key.{:016x}.tmp", fastrand::u64(..)));
+                let written = (|| {
+                    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+                    writeln!(f, "{}", hex::encode(ident.secret_bytes()))?;
+                    f.sync_all()?;
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+                    std::fs::hard_link(&tmp, &path)
+                })();
+                let _ = std::fs::remove_file(&tmp);
+                match written {
+                    Ok(()) => return Ok((ident, true)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(io(&path, e)),
                 }
             }
-            let bytes = hex::decode(text.trim())
-                .map_err(|_| KeyError::Malformed { path: path.display().to_string(), msg: "not hex".into() })?;
-            let ident = Identity::from_secret_bytes(&bytes)
-                .map_err(|e| KeyError::Malformed { path: path.display().to_string(), msg: e.to_string() })?;
-            Ok((ident, false))
+            Err(e) => return Err(io(&path, e)),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&keys).map_err(|e| io(&keys, e))?;
-            let ident = Identity::generate(&mut rand_core::TryRngCore::unwrap_err(rand_core::OsRng));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| io(&path, e))?;
-            writeln!(f, "{}", hex::encode(ident.secret_bytes())).map_err(|e| io(&path, e))?;
-            f.sync_all().map_err(|e| io(&path, e))?;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-            Ok((ident, true))
-        }
-        Err(e) => Err(io(&path, e)),
     }
 }
 
@@ -294,6 +303,26 @@ pub fn parse_key_file(peer: &PeerId, bytes: &[u8]) -> Result<PublicKey, KeyError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tools started at once for the same new id: one creates the key, the
+    /// others load that very key (before, the losers failed with "File
+    /// exists", or could read a key file still empty).
+    #[test]
+    fn tools_started_at_once_share_one_new_key() {
+        for _ in 0..20 {
+            let d = tempfile::tempdir().unwrap();
+            let id = PeerId::new("alice").unwrap();
+            let got: Vec<(Identity, bool)> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..6).map(|_| s.spawn(|| load_or_create_identity(d.path(), &id).unwrap())).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(got.iter().filter(|(_, created)| *created).count(), 1);
+            assert!(got.iter().all(|(k, _)| k.public() == got[0].0.public()));
+            let left: Vec<_> =
+                std::fs::read_dir(d.path().join("keys")).unwrap().flatten().map(|e| e.file_name()).collect();
+            assert_eq!(left, ["alice.key"], "no temporary file left");
+        }
+    }
 
     #[test]
     fn identity_is_created_once_with_0600() {
