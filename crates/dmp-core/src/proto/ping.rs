@@ -76,12 +76,84 @@ impl RttStats {
     }
 }
 
+/// Most round trips kept for the percentiles (512 KiB). A client may run
+/// for days at `-i 0.001`; beyond this many replies the kept ones are a
+/// uniform sample of all (reservoir sampling), while min, average, max and
+/// mdev stay exact.
+pub const RTTS_KEPT: usize = 1 << 16;
+
+/// Round trips seen so far: exact sums, and a bounded sample for the
+/// percentiles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RttRecorder {
+    count: u64,
+    min: Duration,
+    max: Duration,
+    /// Sums of the round trips in ms and of their squares.
+    sum: f64,
+    sum_sq: f64,
+    kept: Vec<Duration>,
+    rng: fastrand::Rng,
+}
+
+impl RttRecorder {
+    /// `seed` makes the sample, and so a simulation, repeatable.
+    pub fn new(seed: u64) -> RttRecorder {
+        RttRecorder {
+            count: 0,
+            min: Duration::MAX,
+            max: Duration::ZERO,
+            sum: 0.0,
+            sum_sq: 0.0,
+            kept: Vec::new(),
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    pub fn push(&mut self, rtt: Duration) {
+        self.count += 1;
+        self.min = self.min.min(rtt);
+        self.max = self.max.max(rtt);
+        let ms = rtt.as_secs_f64() * 1000.0;
+        self.sum += ms;
+        self.sum_sq += ms * ms;
+        if self.kept.len() < RTTS_KEPT {
+            self.kept.push(rtt);
+        } else {
+            let i = self.rng.u64(..self.count);
+            if let Some(slot) = self.kept.get_mut(i as usize) {
+                *slot = rtt;
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The statistics: exact min, average, max and mdev; percentiles of the
+    /// kept sample (exact up to [`RTTS_KEPT`] replies).
+    pub fn stats(&self) -> RttStats {
+        if self.count == 0 {
+            return RttStats::default();
+        }
+        let mut st = RttStats::from_samples(&self.kept);
+        let n = self.count as f64;
+        let avg = self.sum / n;
+        st.min = self.min.as_secs_f64() * 1000.0;
+        st.max = self.max.as_secs_f64() * 1000.0;
+        st.avg = avg;
+        st.mdev = (self.sum_sq / n - avg * avg).max(0.0).sqrt();
+        st
+    }
+}
+
 /// The outcome of a ping run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PingSummary {
     pub sent: u64,
     pub received: u64,
-    pub rtts: Vec<Duration>,
+    pub rtts: RttRecorder,
 }
 
 impl PingSummary {
@@ -90,7 +162,7 @@ impl PingSummary {
         if self.sent == 0 { 0.0 } else { 100.0 * (self.sent - self.received) as f64 / self.sent as f64 }
     }
     pub fn stats(&self) -> RttStats {
-        RttStats::from_samples(&self.rtts)
+        self.rtts.stats()
     }
 }
 
@@ -116,7 +188,7 @@ pub struct PingClient {
     /// session): a pong left in the server's outbox for an earlier run
     /// of this client is never taken for a reply.
     tag: u64,
-    rtts: Vec<Duration>,
+    rtts: RttRecorder,
     events: Vec<PingEvent>,
     ops: Vec<Op>,
 }
@@ -142,7 +214,7 @@ impl PingClient {
             sent: 0,
             waiting: BTreeMap::new(),
             tag: request_tag(session),
-            rtts: Vec::new(),
+            rtts: RttRecorder::new(session),
             events: Vec::new(),
             ops: Vec::new(),
         };
@@ -273,7 +345,7 @@ impl PingClient {
     }
 
     pub fn summary(&self) -> PingSummary {
-        PingSummary { sent: self.sent, received: self.rtts.len() as u64, rtts: self.rtts.clone() }
+        PingSummary { sent: self.sent, received: self.rtts.count(), rtts: self.rtts.clone() }
     }
 }
 
@@ -496,6 +568,33 @@ mod tests {
     use super::*;
     use crate::drive::perform;
     use crate::store::{MemoryStore, Store};
+
+    /// A client running for days at a high rate keeps a bounded sample:
+    /// exact count, min, average and max, percentiles close to the truth.
+    #[test]
+    fn round_trips_kept_are_bounded_and_stats_stay_right() {
+        let mut r = RttRecorder::new(7);
+        let n = 300_000u64;
+        // 1..=n µs in a scrambled order.
+        for i in 0..n {
+            r.push(Duration::from_micros(1 + (i * 7919) % n));
+        }
+        assert_eq!(r.count(), n);
+        assert_eq!(r.kept.len(), RTTS_KEPT);
+        let st = r.stats();
+        assert_eq!((st.min, st.max), (0.001, n as f64 / 1000.0));
+        assert!((st.avg - (n + 1) as f64 / 2000.0).abs() < 1e-6, "{st:?}");
+        let (p50, p99) = (n as f64 / 2000.0, n as f64 * 0.99 / 1000.0);
+        assert!((st.p50 - p50).abs() < p50 * 0.02, "p50 {} against {p50}", st.p50);
+        assert!((st.p99 - p99).abs() < p99 * 0.01, "p99 {} against {p99}", st.p99);
+        // Below the bound, exactly the ping(8) figures of all samples.
+        let mut small = RttRecorder::new(1);
+        let all: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        all.iter().for_each(|d| small.push(*d));
+        let (a, b) = (small.stats(), RttStats::from_samples(&all));
+        assert_eq!((a.p50, a.p99, a.min, a.max), (b.p50, b.p99, b.min, b.max));
+        assert!((a.avg - b.avg).abs() < 1e-9 && (a.mdev - b.mdev).abs() < 1e-9);
+    }
 
     fn pid(s: &str) -> PeerId {
         PeerId::new(s).expect("id")
