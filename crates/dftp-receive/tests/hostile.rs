@@ -523,7 +523,12 @@ fn cases() -> Vec<Case> {
         }),
         plant("wrong_direction_kinds_accept_finished_ack_pong", Ignored, |c| {
             c.offer();
-            let r = json(&Reply { transfer: TRANSFER.into(), reason: None, sha256: Some("0".repeat(64)) });
+            let r = json(&Reply {
+                transfer: TRANSFER.into(),
+                reason: None,
+                sha256: Some("0".repeat(64)),
+                resumable: false,
+            });
             c.msg(2, Kind::Accept, r.clone());
             c.msg(3, Kind::Finished, r);
             c.msg(4, Kind::Pong, vec![0; 8]);
@@ -727,6 +732,7 @@ fn cases() -> Vec<Case> {
                 transfer: TRANSFER.into(),
                 reason: Some("\u{1b}]0;pwned\u{7}\u{1b}[2J gone\n".into()),
                 sha256: None,
+                resumable: false,
             };
             c.msg(2, Kind::Abort, json(&r));
         }),

@@ -110,3 +110,105 @@ async fn transfers_complete_whatever_order_operations_finish_in() {
         transfer(seed, size, 4096, window).await;
     }
 }
+
+/// A receiver that cannot write (a full disk) tells the sender, which says
+/// so and waits, keeping everything; run again, the receiver resumes from
+/// its state and the transfer completes. Before, the sender waited without
+/// a word (for ever without `--timeout`).
+#[tokio::test]
+async fn a_receiver_that_stops_for_a_full_disk_is_waited_for_and_resumes() {
+    use dmp_core::proto::dftp::ReceiverState;
+    let size = 20 * 4096 + 5;
+    let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+    let store = MemoryStore::new();
+    let (alice, bob) = (PeerId::new("alice").unwrap(), PeerId::new("bob").unwrap());
+    let link = LinkConfig::default();
+    let offer =
+        Offer { transfer: "00000000000000f1".into(), name: "f.bin".into(), size: size as u64, block_size: 4096 };
+    let scfg = SendConfig { block_size: 4096, window: 4, quota: u64::MAX, link: link.clone() };
+    let rcfg = RecvConfig { link, ..RecvConfig::default() };
+    let mut now = Duration::ZERO;
+    let mut s = DftpSender::new(alice.clone(), bob.clone(), scfg, offer, None, 1, now);
+    let mut r = DftpReceiver::new(bob.clone(), alice.clone(), rcfg.clone(), None, 2, now);
+    let mut file: Vec<u8> = Vec::new();
+    let mut saved: Option<ReceiverState> = None;
+    let (mut writes, mut receiver_up, mut restarted) = (0, true, false);
+    let (mut stopped, mut sent, mut received, mut receiver_failed) = (Vec::new(), None, None, None);
+    for _ in 0..100_000 {
+        let mut ops: Vec<(Party, Op)> = Vec::new();
+        for o in s.take_outputs() {
+            match o {
+                SendOut::Op(op) => ops.push((Party::Sender, op)),
+                SendOut::Read { index, offset, len } => {
+                    s.on_read(now, index, Ok(Bytes::copy_from_slice(&data[offset as usize..(offset + len) as usize])))
+                }
+                SendOut::PeerStopped(why) => stopped.push(why),
+                SendOut::Finished { sha256 } => sent = Some(sha256),
+                SendOut::Refused(e) | SendOut::Failed(e) => panic!("sender: {e}"),
+                _ => {}
+            }
+        }
+        if receiver_up {
+            for o in r.take_outputs() {
+                match o {
+                    RecvOut::Op(op) => ops.push((Party::Receiver, op)),
+                    RecvOut::Persist => saved = Some(r.snapshot()),
+                    RecvOut::Prepare { .. } => r.on_prepared(now, Ok(())),
+                    RecvOut::Write { index, offset, data: d } => {
+                        writes += 1;
+                        if writes == 5 && receiver_failed.is_none() {
+                            r.on_written(now, index, Err("No space left on device (os error 28)".into()));
+                            continue;
+                        }
+                        let end = offset as usize + d.len();
+                        if file.len() < end {
+                            file.resize(end, 0);
+                        }
+                        file[offset as usize..end].copy_from_slice(&d);
+                        r.on_written(now, index, Ok(()));
+                    }
+                    RecvOut::ReadBack { offset, len } => {
+                        r.on_read_back(now, Ok(Bytes::copy_from_slice(&file[offset as usize..(offset + len) as usize])))
+                    }
+                    RecvOut::Finalize { .. } => r.on_finalized(now, Ok(())),
+                    RecvOut::Finished { sha256 } => received = Some(sha256),
+                    RecvOut::Failed(e) => receiver_failed = Some(e),
+                    RecvOut::Refused(e) => panic!("receiver: {e}"),
+                    _ => {}
+                }
+            }
+        }
+        // The failed receiver's own last writes (its notice) still land.
+        for (party, op) in ops {
+            let res = perform(&store, op).await;
+            match party {
+                Party::Sender => s.on_result(now, res),
+                Party::Receiver => r.on_result(now, res),
+            }
+        }
+        if receiver_failed.is_some() && receiver_up && !restarted && !stopped.is_empty() {
+            // The user frees space and runs dftp-receive again.
+            receiver_up = false;
+        }
+        if !receiver_up && now.as_millis() % 500 == 0 {
+            r = DftpReceiver::new(bob.clone(), alice.clone(), rcfg.clone(), saved.clone(), 3, now);
+            (receiver_up, restarted) = (true, true);
+        }
+        if sent.is_some() && received.is_some() {
+            break;
+        }
+        now += Duration::from_millis(1);
+        s.wake(now);
+        if receiver_up {
+            r.wake(now);
+        }
+    }
+    let why = receiver_failed.expect("the receiver's write failed");
+    assert!(why.contains("No space left"), "{why}");
+    assert_eq!(stopped.len(), 1, "the sender heard of it once: {stopped:?}");
+    assert!(stopped[0].contains("No space left"), "{stopped:?}");
+    let want = hex::encode(Sha256::digest(&data));
+    assert_eq!(sent.as_deref(), Some(want.as_str()), "the sender finished");
+    assert_eq!(received.as_deref(), Some(want.as_str()), "the resumed receiver finished");
+    assert!(file[..size] == data[..], "the file is whole");
+}

@@ -597,6 +597,7 @@ impl Transfer {
                     RecvOut::Finished { .. } => self.finished = true,
                     RecvOut::Refused(r) | RecvOut::Failed(r) => self.failed.push(format!("receiver: {r}")),
                     RecvOut::Rejected { key, reason } => self.rejected.push((key.to_string(), reason)),
+                    RecvOut::PeerStopped(r) => self.failed.push(format!("sender stopped: {r}")),
                     RecvOut::Persist | RecvOut::Discard { .. } | RecvOut::StoreError(_) => {}
                 }
             }

@@ -226,7 +226,14 @@ pub async fn send_file(
                     }
                     SendOut::Accepted => tracing::info!("{peer} accepted the offer"),
                     SendOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
-                    SendOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
+                    SendOut::Failed(r) => {
+                        // A stop notice for the receiver may be queued: on its way first.
+                        finished_early.extend(ops.kick());
+                        ended = Some(Err(TransferError::Failed(r)));
+                    }
+                    SendOut::PeerStopped(r) => {
+                        tracing::warn!("{peer} stopped: {r}; waiting for it to resume (run dftp-receive again there)")
+                    }
                     SendOut::Finished { sha256 } => ended = Some(Ok(sha256)),
                     SendOut::Rejected { key, reason } => {
                         tracing::debug!("not yet usable: {key}: {reason}");
@@ -747,6 +754,9 @@ pub async fn receive_file(
                     }
                     RecvOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
                     RecvOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
+                    RecvOut::PeerStopped(r) => {
+                        tracing::warn!("{peer} stopped: {r}; waiting for it to resume (run dftp-send again there)")
+                    }
                     RecvOut::Finished { sha256 } => ended = Some(Ok(sha256)),
                     RecvOut::Rejected { key, reason } => {
                         tracing::debug!("not yet usable: {key}: {reason}");

@@ -118,6 +118,9 @@ pub enum SendOut {
     Finished {
         sha256: String,
     },
+    /// The receiver stopped for a reason of its own and will resume when run
+    /// again: the sender tells the user and waits.
+    PeerStopped(String),
     /// A file from the peer failed verification (logged; retried).
     Rejected {
         key: Key,
@@ -453,16 +456,16 @@ impl DftpSender {
         let data = match data {
             Ok(d) => d,
             Err(e) => {
-                self.fail(format!("reading the file failed: {e}"));
+                self.stop(now, format!("reading the file failed: {e}"));
                 return;
             }
         };
         let (_, len) = self.st.offer.chunk_span(index);
         if data.len() as u64 != len {
-            self.fail(format!(
-                "the file changed while being sent (chunk {index} is {} bytes, expected {len})",
-                data.len()
-            ));
+            self.stop(
+                now,
+                format!("the file changed while being sent (chunk {index} is {} bytes, expected {len})", data.len()),
+            );
             return;
         }
         self.ready.insert(index, data);
@@ -475,6 +478,24 @@ impl DftpSender {
             self.out.push(SendOut::Failed(reason));
             self.finished = true;
         }
+    }
+
+    /// Fails for a local reason, and tells the receiver so that it does not
+    /// wait without knowing why (see [`Reply::resumable`]).
+    fn stop(&mut self, now: Duration, reason: String) {
+        if self.finished {
+            return;
+        }
+        let r = Reply {
+            transfer: self.st.offer.transfer.clone(),
+            reason: Some(reason.clone()),
+            sha256: None,
+            resumable: true,
+        };
+        self.link.send(now, Kind::Abort, serde_json::to_vec(&r).expect("serializable"));
+        // Its write goes out ahead of `Failed`, on which the driver stops.
+        self.drain(now);
+        self.fail(reason);
     }
 
     /// Moves everything forward: rehash after a restart, read ahead within
@@ -666,6 +687,11 @@ impl DftpSender {
                 self.st.phase = SendPhase::Sending;
                 self.out.push(SendOut::Accepted);
             }
+            Kind::Abort if reply.resumable => {
+                let reason = reply.reason.unwrap_or_else(|| "no reason given".into());
+                let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
+                self.out.push(SendOut::PeerStopped(reason));
+            }
             Kind::Refuse | Kind::Abort => {
                 let reason = reply.reason.unwrap_or_else(|| "no reason given".into());
                 let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
@@ -806,6 +832,9 @@ pub enum RecvOut {
     },
     /// The transfer failed (reported to the sender where possible): exit 1.
     Failed(String),
+    /// The sender stopped for a reason of its own and will resume when run
+    /// again: the receiver tells the user and waits.
+    PeerStopped(String),
     Rejected {
         key: Key,
         reason: String,
@@ -1051,10 +1080,7 @@ impl DftpReceiver {
                 self.queue.pop_front();
                 self.link.commit(now, seq);
             }
-            Err(e) => {
-                self.out.push(RecvOut::Failed(format!("writing the file failed: {e}")));
-                self.finished = true;
-            }
+            Err(e) => self.stop(now, format!("writing the file failed: {e}")),
         }
         self.drain(now);
         self.pump(now);
@@ -1098,10 +1124,7 @@ impl DftpReceiver {
                 self.out.push(RecvOut::Finished { sha256: done.sha256 });
                 self.finished = true;
             }
-            Err(e) => {
-                self.out.push(RecvOut::Failed(format!("storing the file failed: {e}")));
-                self.finished = true;
-            }
+            Err(e) => self.stop(now, format!("storing the file failed: {e}")),
         }
         self.drain(now);
     }
@@ -1121,7 +1144,8 @@ impl DftpReceiver {
         reason: Option<String>,
         sha256: Option<String>,
     ) {
-        let body = serde_json::to_vec(&Reply { transfer: transfer.to_owned(), reason, sha256 }).expect("serializable");
+        let body = serde_json::to_vec(&Reply { transfer: transfer.to_owned(), reason, sha256, resumable: false })
+            .expect("serializable");
         self.link.send(now, kind, body);
     }
 
@@ -1131,6 +1155,23 @@ impl DftpReceiver {
         self.link.commit(now, seq);
         self.pop_committed(seq);
         self.out.push(RecvOut::Refused(reason));
+        self.finished = true;
+    }
+
+    /// Fails for a local reason (a full disk, a file that cannot be
+    /// written), keeping the state, and tells the sender so that it waits
+    /// knowing why (see [`Reply::resumable`]).
+    fn stop(&mut self, now: Duration, reason: String) {
+        if self.finished {
+            return;
+        }
+        if let Some(o) = &self.st.offer {
+            let r = Reply { transfer: o.transfer.clone(), reason: Some(reason.clone()), sha256: None, resumable: true };
+            self.link.send(now, Kind::Abort, serde_json::to_vec(&r).expect("serializable"));
+            // Its write goes out ahead of `Failed`, on which the driver stops.
+            self.drain(now);
+        }
+        self.out.push(RecvOut::Failed(reason));
         self.finished = true;
     }
 
@@ -1223,14 +1264,17 @@ impl DftpReceiver {
                 }
             },
             Kind::Abort => {
-                let reason = serde_json::from_slice::<Reply>(&env.payload)
-                    .ok()
-                    .and_then(|r| r.reason)
-                    .unwrap_or_else(|| "no reason given".into());
+                let reply = serde_json::from_slice::<Reply>(&env.payload).ok();
+                let resumable = reply.as_ref().is_some_and(|r| r.resumable);
+                let reason = reply.and_then(|r| r.reason).unwrap_or_else(|| "no reason given".into());
                 let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
                 self.queue.push_back((seq, Item::Other));
-                self.out.push(RecvOut::Failed(format!("the sender aborted: {reason}")));
-                self.finished = true;
+                if resumable {
+                    self.out.push(RecvOut::PeerStopped(reason));
+                } else {
+                    self.out.push(RecvOut::Failed(format!("the sender aborted: {reason}")));
+                    self.finished = true;
+                }
             }
             _ => self.queue.push_back((seq, Item::Other)),
         }

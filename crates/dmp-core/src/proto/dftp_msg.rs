@@ -72,6 +72,11 @@ pub struct Reply {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// In an `abort`: the party stopped for a local reason (a full disk, a
+    /// file it cannot read) and keeps its state; run again, it resumes. The
+    /// peer waits for it instead of giving the transfer up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumable: bool,
 }
 
 /// A transfer id: 16 lower-case hex digits.

@@ -182,7 +182,8 @@ impl Sender {
                     SendOut::Refused(r) => self.ended = Some(End::Refused(r)),
                     SendOut::Failed(r) => self.ended = Some(End::Failed(r)),
                     SendOut::Finished { sha256 } => self.ended = Some(End::Finished(sha256)),
-                    SendOut::Accepted | SendOut::Rejected { .. } | SendOut::StoreError(_) => {}
+                    SendOut::Accepted | SendOut::PeerStopped(_) | SendOut::Rejected { .. } | SendOut::StoreError(_) => {
+                    }
                 }
             }
         }
@@ -423,6 +424,7 @@ impl Receiver {
                     }
                     RecvOut::Refused(r) => self.ended = Some(End::Refused(r)),
                     RecvOut::Failed(r) => self.ended = Some(End::Failed(r)),
+                    RecvOut::PeerStopped(_) => {}
                     RecvOut::Finished { sha256 } => {
                         self.finished_sha.get_or_insert(sha256.clone());
                         self.ended = Some(End::Finished(sha256));

@@ -432,7 +432,7 @@ impl Harness<'_> {
             }
             8 => {
                 let transfer = self.offer.as_ref().map_or(TRANSFERS[0].to_string(), |o| o.transfer.clone());
-                let r = Reply { transfer, reason: Some("\u{1b}]0;stop\u{7}".into()), sha256: None };
+                let r = Reply { transfer, reason: Some("\u{1b}]0;stop\u{7}".into()), sha256: None, resumable: false };
                 (Kind::Abort, serde_json::to_vec(&r).expect("json"))
             }
             _ => {
