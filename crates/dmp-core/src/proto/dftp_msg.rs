@@ -151,11 +151,12 @@ pub fn check_file_name(name: &str) -> Result<(), BadName> {
         return Err(BadName::Control(shown()));
     }
     let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+    // COM1-9 and LPT1-9, and with a superscript digit (COM¹, LPT³): Windows
+    // reserves those too.
+    let device_digit =
+        |rest: &str| matches!(rest, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³");
     let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
-        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
-            && stem.len() == 4
-            && stem.as_bytes()[3].is_ascii_digit()
-            && stem.as_bytes()[3] != b'0');
+        || stem.strip_prefix("COM").or_else(|| stem.strip_prefix("LPT")).is_some_and(device_digit);
     if reserved || name.ends_with('.') || name.ends_with(' ') {
         return Err(BadName::Reserved(shown()));
     }
@@ -193,6 +194,8 @@ mod tests {
             "nul.txt",
             "com1",
             "LPT9.log",
+            "COM¹",
+            "lpt³.txt",
             "trailing.",
             "trailing ",
             &long,
