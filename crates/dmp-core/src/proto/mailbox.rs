@@ -176,6 +176,39 @@ enum OutMsg {
     Written,
 }
 
+/// `min_backoff` doubled `fails` times, at most `max_backoff`.
+fn backoff(cfg: &LinkConfig, fails: u32) -> Duration {
+    cfg.min_backoff.saturating_mul(1u32 << fails.min(16)).min(cfg.max_backoff)
+}
+
+/// Reads of one of the peer's files (`head`, `ack`) that failed in a row,
+/// and when the next may go out.
+#[derive(Debug, Default)]
+struct ReadBackoff {
+    fails: u32,
+    retry_at: Option<Duration>,
+}
+
+impl ReadBackoff {
+    /// Another failure: the next read waits from 80 ms (with the default
+    /// `min_backoff`), doubling, up to `max_backoff`; returns when.
+    fn failed(&mut self, now: Duration, cfg: &LinkConfig) -> Duration {
+        self.fails = self.fails.saturating_add(1);
+        let t = now + backoff(cfg, self.fails.saturating_add(1));
+        self.retry_at = Some(t);
+        t
+    }
+
+    /// True when a read may go out now.
+    fn due(&mut self, now: Duration) -> bool {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.retry_at = None;
+        true
+    }
+}
+
 /// One party's end of a two-way reliable channel with one peer.
 #[derive(Debug)]
 pub struct Link {
@@ -221,12 +254,10 @@ pub struct Link {
     /// The head was due while the next message was being fetched: it is
     /// read once a fetch finds nothing (see [`Link::wake`]).
     head_deferred: bool,
-    /// Failed reads of the peer's `head` (or `ack`) in a row, and when the
-    /// next read may go out: see [`Link::head_rejected`].
-    head_fails: u32,
-    head_retry_at: Option<Duration>,
-    ack_fails: u32,
-    ack_retry_at: Option<Duration>,
+    /// Reads of the peer's `head` and `ack` that stay unusable: see
+    /// [`Link::head_rejected`].
+    head_retry: ReadBackoff,
+    ack_retry: ReadBackoff,
     /// [`Link::wake`] was called while reads were under way.
     woke_while_reading: bool,
     last_head_read: Option<Duration>,
@@ -299,10 +330,8 @@ impl Link {
             buffered: BTreeMap::new(),
             head_get_pending: false,
             head_deferred: false,
-            head_fails: 0,
-            head_retry_at: None,
-            ack_fails: 0,
-            ack_retry_at: None,
+            head_retry: ReadBackoff::default(),
+            ack_retry: ReadBackoff::default(),
             woke_while_reading: false,
             last_head_read: None,
             last_delivery: None,
@@ -467,10 +496,7 @@ impl Link {
         } else if head_due {
             self.read_head(now);
         }
-        if self.ack_retry_at.is_some_and(|t| now >= t) {
-            self.ack_retry_at = None;
-        }
-        if !self.inflight.is_empty() && !self.ack_get_pending && self.ack_retry_at.is_none() {
+        if !self.inflight.is_empty() && !self.ack_get_pending && self.ack_retry.due(now) {
             self.ack_get_pending = true;
             self.out.push(Output::Op(Op::Get(self.ack_key_in.clone(), MAX_ACK_LEN)));
         }
@@ -479,10 +505,9 @@ impl Link {
 
     fn read_head(&mut self, now: Duration) {
         self.head_deferred = false;
-        if self.head_retry_at.is_some_and(|t| now < t) {
+        if !self.head_retry.due(now) {
             return;
         }
-        self.head_retry_at = None;
         if !self.head_get_pending {
             self.head_get_pending = true;
             self.last_head_read = Some(now);
@@ -625,8 +650,7 @@ impl Link {
     }
 
     fn backoff(&self, fails: u32) -> Duration {
-        let d = self.cfg.min_backoff.saturating_mul(1u32 << fails.min(16));
-        d.min(self.cfg.max_backoff)
+        backoff(&self.cfg, fails)
     }
 
     fn retry_due(&mut self, now: Duration) {
@@ -825,7 +849,7 @@ impl Link {
                 return;
             }
         };
-        self.ack_fails = 0;
+        self.ack_retry.fails = 0;
         // The peer's outbox is still there, whatever its head read showed.
         self.head_absent = None;
         self.peer_gone = false;
@@ -894,7 +918,7 @@ impl Link {
                 return;
             }
         };
-        self.head_fails = 0;
+        self.head_retry.fails = 0;
         let before = (std::mem::replace(&mut self.peer_gone, false), self.state.peer_session, self.delivered);
         self.head_absent = None;
         self.enter(env.session, env.base);
@@ -909,9 +933,7 @@ impl Link {
     /// The peer's `ack` could not be used: as [`Link::head_rejected`].
     fn ack_rejected(&mut self, now: Duration, reason: String) {
         self.reject(self.ack_key_in.clone(), reason);
-        self.ack_fails = self.ack_fails.saturating_add(1);
-        let t = now + self.backoff(self.ack_fails.saturating_add(1));
-        self.ack_retry_at = Some(t);
+        let t = self.ack_retry.failed(now, &self.cfg);
         self.schedule(t);
     }
 
@@ -921,9 +943,7 @@ impl Link {
     /// reported) a dozen times a second for ever.
     fn head_rejected(&mut self, now: Duration, reason: String) {
         self.reject(self.head_key_in.clone(), reason);
-        self.head_fails = self.head_fails.saturating_add(1);
-        let t = now + self.backoff(self.head_fails.saturating_add(1));
-        self.head_retry_at = Some(t);
+        let t = self.head_retry.failed(now, &self.cfg);
         self.schedule(t);
     }
 
