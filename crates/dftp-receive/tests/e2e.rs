@@ -741,6 +741,27 @@ fn a_second_run_of_the_same_link_is_refused_at_once() {
     s.assert_clean();
 }
 
+/// The sender's file shrinks while it is sent: the sender stops (exit 1,
+/// state kept) and tells the receiver, which says why and goes on waiting.
+#[test]
+fn a_sender_that_stops_tells_the_receiver_which_waits() {
+    let s = setup("a_sender_that_stops_tells_the_receiver_which_waits", "data.bin", 32 * MIB);
+    let sb = &s.sb;
+    let mut recv = spawn_recv(sb, &s.dir, &[]);
+    let send = spawn_send(sb, &s.src, &["-b", "64k", "--window", "2"]);
+    wait_until(TIMEOUT, "the first MiB to arrive", || s.part_len() >= MIB);
+    std::fs::OpenOptions::new().write(true).open(&s.src).unwrap().set_len(MIB).unwrap();
+    let f = send.wait();
+    f.expect_code(1);
+    // "the file is shorter than it was" or "the file changed while being sent"
+    let why = f.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(why.contains("the file"), "{}", f.describe());
+    let told = format!("alice stopped: {}", why.trim_start_matches("error: "));
+    wait_until(TIMEOUT, "the receiver to say so", || recv.stderr_so_far().contains(&told));
+    assert!(recv.is_running(), "the receiver waits for the sender to come back");
+    assert!(!recv.stderr_so_far().contains("error"), "{}", recv.stderr_so_far());
+}
+
 // ---------------------------------------------------------------------------
 // Usage errors: exit 2, one line
 

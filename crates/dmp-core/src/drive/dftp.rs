@@ -268,6 +268,24 @@ pub async fn send_file(
             Woke::Shutdown => break Err(TransferError::Interrupted),
         }
     };
+    if matches!(outcome, Err(TransferError::Failed(_))) {
+        // The stop notice for the receiver may wait behind a chunk message
+        // being written (a link writes one message at a time): feed the
+        // store's answers back until it is out, for at most SETTLE.
+        let until = clock.now() + SETTLE;
+        while !m.link().all_written() && clock.now() < until {
+            for o in m.take_outputs() {
+                if let SendOut::Op(op) = o {
+                    ops.push(op);
+                }
+            }
+            match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
+                Woke::Done(res) => m.on_result(clock.now(), res),
+                Woke::Wake => {}
+                Woke::Shutdown => break,
+            }
+        }
+    }
     ops.settle(SETTLE).await;
     match outcome {
         Ok(sha256) => {

@@ -438,6 +438,11 @@ impl Link {
         self.queue.len() + self.inflight.len()
     }
 
+    /// True when every message queued so far is written to the store.
+    pub fn all_written(&self) -> bool {
+        self.queue.is_empty() && self.put_pending.is_empty() && self.put_retry_at.is_none()
+    }
+
     /// Sequence number of the last message queued so far (0 if none).
     pub fn last_queued_seq(&self) -> u64 {
         self.state.next_seq - 1 + self.queue.len() as u64
