@@ -273,6 +273,10 @@ pub async fn send_file(
         // being written (a link writes one message at a time): feed the
         // store's answers back until it is out, for at most SETTLE.
         let until = clock.now() + SETTLE;
+        // Answers the loop above collected and did not feed back.
+        for res in finished_early.drain(..) {
+            m.on_result(clock.now(), res);
+        }
         while !m.link().all_written() && clock.now() < until {
             for o in m.take_outputs() {
                 if let SendOut::Op(op) = o {
