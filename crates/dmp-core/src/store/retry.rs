@@ -423,8 +423,8 @@ pub(crate) fn detail_of(content_type: Option<&str>, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     if let Some(code) = xml_text(&text, "Code") {
         return match xml_text(&text, "Message") {
-            Some(m) if !m.is_empty() => format!(" ({code}: {})", one_line(&m)),
-            _ => format!(" ({code})"),
+            Some(m) if !m.is_empty() => format!(" ({}: {})", one_line(&code), one_line(&m)),
+            _ => format!(" ({})", one_line(&code)),
         };
     }
     if looks_like_html(content_type, body) || text.trim_start().starts_with('<') {
@@ -443,13 +443,20 @@ pub(crate) fn xml_text(s: &str, tag: &str) -> Option<String> {
     (t.len() <= 300).then(|| t.to_owned())
 }
 
-/// One printable line of at most 200 characters.
+/// One printable line of at most 200 characters, with any credentials a
+/// server echoes back (`Basic …`, `Bearer …`) left out.
 fn one_line(s: &str) -> String {
     let mut out: String = s.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(200).collect();
     if s.trim().chars().count() > 200 {
         out.push('…');
     }
-    out
+    let mut words: Vec<&str> = out.split(' ').collect();
+    for i in 1..words.len() {
+        if ["basic", "bearer", "digest"].contains(&words[i - 1].to_ascii_lowercase().as_str()) && !words[i].is_empty() {
+            words[i] = "[redacted]";
+        }
+    }
+    words.join(" ")
 }
 
 /// True for an HTML document: declared `text/html` and opening with a
@@ -561,6 +568,10 @@ mod tests {
         assert_eq!(detail_of(Some("text/html"), b"<html><body>nope</body></html>"), "");
         assert_eq!(detail_of(Some("text/plain"), b"\nquota exceeded\nmore"), " (quota exceeded)");
         assert_eq!(detail_of(None, b""), "");
+        // A server's text never reaches the terminal raw, nor echoes credentials.
+        let evil = b"<Error><Code>\x1b[31mX\x1b]0;t\x07</Code></Error>";
+        assert!(!detail_of(Some("application/xml"), evil).chars().any(char::is_control));
+        assert_eq!(detail_of(Some("text/plain"), b"echo: Basic YWxpY2U6c2VjcmV0"), " (echo: Basic [redacted])");
     }
 
     #[test]
