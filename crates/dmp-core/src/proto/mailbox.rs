@@ -837,8 +837,12 @@ impl Link {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
+                // As a bad ack: read again after a growing pause (a peer
+                // outbox answering 403 or an HTML page was read 13 times a
+                // second).
                 tracing::debug!("reading ack failed: {e}");
-                self.schedule(now + self.cfg.min_backoff * 4);
+                let t = self.ack_retry.failed(now, &self.cfg);
+                self.schedule(t);
                 return;
             }
         };

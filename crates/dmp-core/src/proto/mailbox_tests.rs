@@ -40,6 +40,8 @@ struct Faults {
     fail_writes: bool,
     /// Every put fails (without effect).
     fail_puts: bool,
+    /// Every read of this key fails (a peer outbox answering 403 for it).
+    fail_gets_of: Option<String>,
 }
 
 /// A scripted answer to the next read of a key by the other party.
@@ -377,7 +379,7 @@ impl World {
                 OpResult::Listed(k.clone(), Ok(self.store.names(k.as_str())))
             }
             Op::Get(k, max) => {
-                if self.roll(self.faults.error) {
+                if self.roll(self.faults.error) || self.faults.fail_gets_of.as_deref() == Some(k.as_str()) {
                     return OpResult::Got(k.clone(), Err(fail(&k, "get")));
                 }
                 let data = if own(&k) { self.store.latest(k.as_str()).cloned() } else { self.read_peer(&k) };
@@ -861,6 +863,32 @@ fn a_head_that_stays_bad_is_read_with_back_off() {
     w.parties[0].target = 2;
     w.rounds(40, ms(200));
     assert!(w.done(), "alice's session {session} was not followed after her head came good");
+    w.check_end();
+}
+
+/// Reads of the peer's `ack` that fail (a peer outbox answering 403 or an
+/// HTML page for it) back off as a bad `ack` does: before, one every 80 ms
+/// for ever.
+#[test]
+fn failing_reads_of_the_ack_back_off() {
+    let cfg = LinkConfig { max_backoff: Duration::from_secs(5), ..small_cfg(4, 4) };
+    let mut w = world(cfg);
+    let ack = format!("{}/{ACK_NAME}", w.parties[1].out_dir());
+    w.faults.fail_gets_of = Some(ack.clone());
+    w.parties[0].target = 1;
+    let mut reads = 0;
+    // 30 s of wakes every 10 ms, as other files changing would cause.
+    for _ in 0..3000 {
+        w.now += ms(10);
+        w.wake(0);
+        reads += w.parties[0].ops.iter().filter(|o| matches!(o, Op::Get(k, _) if k.as_str() == ack)).count();
+        while w.run_op(0) {}
+        while w.run_op(1) {}
+    }
+    assert!((4..=20).contains(&reads), "{reads} reads of a failing ack in 30 s");
+    w.faults.fail_gets_of = None;
+    w.rounds(40, ms(200));
+    assert!(w.done());
     w.check_end();
 }
 
