@@ -330,6 +330,36 @@ fn no_server_means_total_loss_and_exit_1() {
     assert_eq!((v["received"].as_u64(), v["rtt_ms"].is_null()), (Some(0), true), "{v}");
 }
 
+/// A server outbox on a host that accepts and never answers: before, the
+/// client awaited the server's key in its loop for the store's whole retry
+/// time (it was still running after 7 minutes with `-c 1 -W 5`), deaf to
+/// Ctrl-C. Now `-W` holds, and so does SIGINT.
+#[test]
+fn a_server_outbox_that_never_answers_does_not_hang_the_client() {
+    let env = Env::new();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let outbox = format!("bob=http://127.0.0.1:{}/bob/", l.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            held.push(s);
+        }
+    });
+    let t = Instant::now();
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "-W", "2", "--peer-outbox", &outbox]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(summary(&out), (1, 0, "100%".to_owned()));
+    assert!(t.elapsed() < Duration::from_secs(15), "-W 2 ended after {:?}", t.elapsed());
+    let mut client = env.client(&["bob", "alice", "--peer-outbox", &outbox]);
+    client.wait_stdout("the header", |o| o.starts_with("PING "));
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    client.signal("INT");
+    let st = client.wait();
+    assert_eq!(st.code(), Some(1), "stderr:\n{}", client.stderr());
+    assert!(t.elapsed() < Duration::from_secs(5), "SIGINT heard after {:?}", t.elapsed());
+}
+
 /// `dmp-ping-client ... | head -1`: once stdout is closed the client stops
 /// as on Ctrl-C, removes its files from the store and exits without a
 /// panic (`println!` panics on a closed pipe).

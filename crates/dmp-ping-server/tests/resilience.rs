@@ -210,3 +210,43 @@ fn webdav_server_restarted_while_the_server_runs() {
     srv.signal("TERM");
     srv.wait().expect_ok();
 }
+
+/// A TCP server on loopback that accepts connections and never answers:
+/// a peer outbox on a host that hangs. Runs until the test ends.
+fn silent_http_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// One client's outbox on a host that accepts and never answers: before,
+/// the server awaited that client's key in its loop (up to the store's
+/// whole retry time, minutes), so that every other client went unanswered
+/// (100 % loss) and SIGTERM was not heard. Key look-ups now run beside the
+/// loop.
+#[test]
+fn a_peer_outbox_that_never_answers_does_not_stall_the_others() {
+    let sb = Sandbox::new();
+    let store = sb.store.to_str().unwrap().to_owned();
+    let port = silent_http_server();
+    let mut cmd = sb.command(
+        "dmp-ping-server",
+        ["bob", "-v", "--peer-outbox", &format!("mallory=http://127.0.0.1:{port}/mallory/")],
+    );
+    cmd.env("DMP_STORE", &store);
+    let mut srv = sb.spawn_command("dmp-ping-server", cmd);
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, out) = ping(&sb, &store, "alice");
+    assert_eq!((code, received(&out)), (0, 3), "alice is answered while mallory's outbox hangs: {out}");
+    let t = Instant::now();
+    srv.signal("TERM");
+    let f = srv.wait_for(Duration::from_secs(10));
+    f.expect_ok();
+    eprintln!("stopped {:?} after SIGTERM", t.elapsed());
+}

@@ -1,7 +1,7 @@
 //! Runs the DFTP sender and receiver machines: store operations, local file
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
-use super::security::{KeyRecheck, Security};
+use super::security::{PeerKey, Security};
 use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
@@ -147,7 +147,11 @@ pub async fn send_file(
     let mut cfg = opts.cfg.clone();
     cfg.link.secure = opts.security.is_some();
     if let Some(sec) = &opts.security {
-        sec.publish(store).await.map_err(|e| TransferError::Setup(e.to_string()))?;
+        // (A store that does not answer may take its whole retry time.)
+        tokio::select! {
+            r = sec.publish(store) => r.map_err(|e| TransferError::Setup(e.to_string()))?,
+            () = &mut shutdown => return Err(TransferError::Interrupted),
+        }
     }
     let out_dir = Key::new([me.as_str(), peer.as_str()])?;
     let offer = match &restored {
@@ -179,20 +183,11 @@ pub async fn send_file(
     let mut last_progress = (clock.now(), m.acked_bytes(), m.phase());
     let mut finished_early = Vec::new();
     m.wake(clock.now());
-    let mut recheck = KeyRecheck::default();
+    let mut peer_key = PeerKey::default();
     let outcome = loop {
         let mut ended = None;
-        if let (true, Some(sec)) = (m.needs_key(), &opts.security) {
-            match sec.resolve(store, &peer, &mut on_key).await {
-                Ok(Some(c)) => m.set_crypto(clock.now(), c),
-                Ok(None) => {}
-                Err(e) => break Err(TransferError::Failed(e.to_string())),
-            }
-        }
-        if let (true, Some(sec)) = (recheck.due(clock.now()), &opts.security) {
-            if let Err(e) = sec.recheck(store, &peer).await {
-                break Err(TransferError::Failed(e.to_string()));
-            }
+        if opts.security.is_some() {
+            peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
         }
         // Outputs in order: store operations are queued (and run
         // concurrently), everything else is done here and now, so that
@@ -237,7 +232,7 @@ pub async fn send_file(
                     SendOut::Finished { sha256 } => ended = Some(Ok(sha256)),
                     SendOut::Rejected { key, reason } => {
                         tracing::debug!("not yet usable: {key}: {reason}");
-                        recheck.rejected(clock.now(), &reason);
+                        peer_key.rejected(clock.now(), &reason);
                     }
                     SendOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
                 }
@@ -258,11 +253,20 @@ pub async fn send_file(
                 break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
             }
         }
-        let until = pace.until(now, m.deadline(), &ops);
+        let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
             Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Key(k) => {
+                let Some(sec) = &opts.security else { continue };
+                match peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                    Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                    Ok(None) => {}
+                    Err(e) => break Err(TransferError::Failed(e.to_string())),
+                }
+            }
             Woke::Wake => {
                 pace.woke(&ops);
+                peer_key.woke();
                 m.wake(clock.now());
             }
             Woke::Shutdown => break Err(TransferError::Interrupted),
@@ -285,7 +289,7 @@ pub async fn send_file(
             }
             match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
                 Woke::Done(res) => m.on_result(clock.now(), res),
-                Woke::Wake => {}
+                Woke::Wake | Woke::Key(_) => {}
                 Woke::Shutdown => break,
             }
         }
@@ -696,7 +700,11 @@ pub async fn receive_file(
     let mut cfg = opts.cfg.clone();
     cfg.link.secure = opts.security.is_some();
     if let Some(sec) = &opts.security {
-        sec.publish(store).await.map_err(|e| TransferError::Setup(e.to_string()))?;
+        // (A store that does not answer may take its whole retry time.)
+        tokio::select! {
+            r = sec.publish(store) => r.map_err(|e| TransferError::Setup(e.to_string()))?,
+            () = &mut shutdown => return Err(TransferError::Interrupted),
+        }
     }
     let mut m = DftpReceiver::new(me, peer.clone(), cfg, restored, fresh_session(), clock.now());
     let mut changes = store.changes(m.link().in_dir());
@@ -706,20 +714,11 @@ pub async fn receive_file(
     let mut final_path: Option<PathBuf> = None;
     let mut finished_early = Vec::new();
     m.wake(clock.now());
-    let mut recheck = KeyRecheck::default();
+    let mut peer_key = PeerKey::default();
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
-        if let (true, Some(sec)) = (m.needs_key(), &opts.security) {
-            match sec.resolve(store, &peer, &mut on_key).await {
-                Ok(Some(c)) => m.set_crypto(clock.now(), c),
-                Ok(None) => {}
-                Err(e) => break Err(TransferError::Failed(e.to_string())),
-            }
-        }
-        if let (true, Some(sec)) = (recheck.due(clock.now()), &opts.security) {
-            if let Err(e) = sec.recheck(store, &peer).await {
-                break Err(TransferError::Failed(e.to_string()));
-            }
+        if opts.security.is_some() {
+            peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
         }
         // As in `send_file`: store operations queued, the rest done in order.
         loop {
@@ -782,7 +781,7 @@ pub async fn receive_file(
                     RecvOut::Finished { sha256 } => ended = Some(Ok(sha256)),
                     RecvOut::Rejected { key, reason } => {
                         tracing::debug!("not yet usable: {key}: {reason}");
-                        recheck.rejected(clock.now(), &reason);
+                        peer_key.rejected(clock.now(), &reason);
                     }
                     RecvOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
                 }
@@ -805,7 +804,7 @@ pub async fn receive_file(
                 break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
             }
         }
-        let until = pace.until(now, m.deadline(), &ops);
+        let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
         let woke = match target.writing.as_mut() {
             Some(w) => tokio::select! {
                 biased;
@@ -826,8 +825,17 @@ pub async fn receive_file(
         };
         match woke {
             Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Key(k) => {
+                let Some(sec) = &opts.security else { continue };
+                match peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                    Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                    Ok(None) => {}
+                    Err(e) => break Err(TransferError::Failed(e.to_string())),
+                }
+            }
             Woke::Wake => {
                 pace.woke(&ops);
+                peer_key.woke();
                 m.wake(clock.now());
             }
             Woke::Shutdown => break Err(TransferError::Interrupted),
@@ -898,6 +906,7 @@ async fn linger(
                 pace.woke(ops);
                 m.wake(clock.now());
             }
+            Woke::Key(_) => {}
             Woke::Shutdown => return,
         }
     }

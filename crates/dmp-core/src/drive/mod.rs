@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
 pub mod security;
-use security::Security;
+use security::{KeyLooked, KeyPurpose, Security};
 
 /// Performs one store operation.
 pub async fn perform(store: &dyn Store, op: Op) -> OpResult {
@@ -215,12 +215,19 @@ pub struct OpRunner<'a> {
     running: FuturesUnordered<OpFuture<'a>>,
     /// Operations queued so far, in all.
     pushed: u64,
+    /// Look-ups of peers' keys under way, beside the operations.
+    lookups: FuturesUnordered<KeyFuture<'a>>,
+    looking: std::collections::BTreeSet<(PeerId, KeyPurpose)>,
 }
+
+type KeyFuture<'a> = Pin<Box<dyn Future<Output = KeyLooked> + Send + 'a>>;
 
 /// What ended a driver's wait.
 pub enum Woke {
     /// A store operation finished.
     Done(OpResult),
+    /// A look-up of a peer's key finished.
+    Key(KeyLooked),
     /// A change signal, the deadline or the poll timer: look again.
     Wake,
     /// The shutdown future completed.
@@ -229,7 +236,33 @@ pub enum Woke {
 
 impl<'a> OpRunner<'a> {
     pub fn new(store: &'a dyn Store, limit: usize) -> OpRunner<'a> {
-        OpRunner { store, limit: limit.max(1), queue: VecDeque::new(), running: FuturesUnordered::new(), pushed: 0 }
+        OpRunner {
+            store,
+            limit: limit.max(1),
+            queue: VecDeque::new(),
+            running: FuturesUnordered::new(),
+            pushed: 0,
+            lookups: FuturesUnordered::new(),
+            looking: Default::default(),
+        }
+    }
+
+    /// Starts looking up `peer`'s published key (see [`security::look_up`])
+    /// unless such a look-up is under way; its result comes back from
+    /// [`OpRunner::wait`] as [`Woke::Key`]. A key is never awaited in a
+    /// driver's loop: one peer outbox that answers slowly (or never: a
+    /// look-up may take the store's whole retry time) would stall every
+    /// other peer, the interval and deadlines, and Ctrl-C.
+    pub fn look_up_key(&mut self, peer: &PeerId, purpose: KeyPurpose, asker: Option<&PeerId>) {
+        if self.looking.insert((peer.clone(), purpose)) {
+            let (store, peer, asker) = (self.store, peer.clone(), asker.cloned());
+            self.lookups.push(Box::pin(security::look_up(store, peer, purpose, asker)));
+        }
+    }
+
+    /// True while a look-up of `peer`'s key for `purpose` is under way.
+    pub fn looking_up(&self, peer: &PeerId, purpose: KeyPurpose) -> bool {
+        self.looking.contains(&(peer.clone(), purpose))
     }
 
     /// Queues `op`, starting it at once if fewer than `limit` are running.
@@ -281,12 +314,17 @@ impl<'a> OpRunner<'a> {
     ) -> Woke {
         let sleep = tokio::time::sleep_until(clock.instant(until).into());
         let running = !self.running.is_empty();
+        let looking = !self.lookups.is_empty();
         tokio::select! {
             biased;
             _ = shutdown => Woke::Shutdown,
             Some(res) = self.running.next(), if running => {
                 self.start();
                 Woke::Done(res)
+            }
+            Some(k) = self.lookups.next(), if looking => {
+                self.looking.remove(&(k.peer.clone(), k.purpose));
+                Woke::Key(k)
             }
             _ = changes.changed() => Woke::Wake,
             _ = sleep => Woke::Wake,
@@ -298,6 +336,8 @@ impl<'a> OpRunner<'a> {
     /// write.
     pub async fn settle(&mut self, max: Duration) {
         self.queue.clear();
+        self.lookups = FuturesUnordered::new();
+        self.looking.clear();
         let _ = tokio::time::timeout(max, async { while self.running.next().await.is_some() {} }).await;
         self.running = FuturesUnordered::new();
     }
@@ -378,8 +418,7 @@ impl Pace {
 /// other parties' files is skipped unless the machine's `deadline` has come.
 /// With a hundred parties on one folder store this keeps each from reading
 /// the store at every other party's write.
-pub fn concerns(changes: &Changes, keys: &[&Key], deadline: Option<Duration>, now: Duration) -> bool {
-    let set = changes.take();
+pub fn concerns(set: &crate::store::ChangeSet, keys: &[&Key], deadline: Option<Duration>, now: Duration) -> bool {
     set.is_empty() || keys.iter().any(|k| set.touches(k)) || deadline.is_some_and(|d| d <= now)
 }
 
@@ -401,9 +440,14 @@ pub async fn run_ping_client(
     let clock = Clock::start();
     let mut shutdown = std::pin::pin!(shutdown);
     cfg.link.secure = security.is_some();
+    let mut interrupted = false;
     if let Some(sec) = &security {
-        if let Err(e) = sec.publish(store).await {
-            tracing::warn!("cannot publish my key yet: {e}");
+        // (A store that does not answer may take its whole retry time.)
+        tokio::select! {
+            r = sec.publish(store) => if let Err(e) = r {
+                tracing::warn!("cannot publish my key yet: {e}");
+            },
+            () = &mut shutdown => interrupted = true,
         }
     }
     let mut machine = PingClient::new(client, server.clone(), cfg, fresh_session(), clock.now());
@@ -413,24 +457,14 @@ pub async fn run_ping_client(
     let mut ops = OpRunner::new(store, MAX_CONCURRENT_OPS);
     machine.wake(clock.now());
     let mut failure = None;
-    let mut recheck = security::KeyRecheck::default();
+    let mut key = security::PeerKey::default();
+    let mut outage = Outage::default();
     loop {
-        if let (true, Some(sec)) = (machine.needs_key(), &security) {
-            match sec.resolve(store, &server, &mut |n| on_event(&PingEvent::Key(n))).await {
-                Ok(Some(c)) => machine.set_crypto(clock.now(), c),
-                Ok(None) => {}
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
+        if interrupted {
+            break;
         }
-        // The server's replies stopped opening: it may have a new key.
-        if let (true, Some(sec)) = (recheck.due(clock.now()), &security) {
-            if let Err(e) = sec.recheck(store, &server).await {
-                failure = Some(e);
-                break;
-            }
+        if security.is_some() {
+            key.look(&mut ops, &server, machine.needs_key(), clock.now());
         }
         for op in machine.take_ops() {
             ops.push(op);
@@ -438,10 +472,20 @@ pub async fn run_ping_client(
         let mut active = false;
         for ev in machine.take_events() {
             active |= matches!(ev, PingEvent::Reply { .. } | PingEvent::Sent { .. });
-            if let PingEvent::Rejected { reason, .. } = &ev {
-                recheck.rejected(clock.now(), reason);
+            match &ev {
+                PingEvent::Rejected { reason, .. } => {
+                    // The server's replies stopped opening: it may have a new key.
+                    key.rejected(clock.now(), reason);
+                    on_event(&ev);
+                }
+                // Once per outage; the rest only at debug level.
+                PingEvent::StoreError(e) if outage.reported => tracing::debug!("{e} (still retrying)"),
+                PingEvent::StoreError(_) => {
+                    outage.reported = true;
+                    on_event(&ev);
+                }
+                _ => on_event(&ev),
             }
-            on_event(&ev);
         }
         if machine.finished() {
             break;
@@ -449,12 +493,34 @@ pub async fn run_ping_client(
         if active {
             pace.activity(clock.now());
         }
-        let until = pace.until(clock.now(), machine.deadline(), &ops);
+        let until = pace.until(clock.now(), key.deadline(machine.deadline(), machine.needs_key()), &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
-            Woke::Done(res) => machine.on_result(clock.now(), res),
+            Woke::Done(res) => {
+                let now = clock.now();
+                if op_failed(&res) {
+                    outage.failed(now);
+                } else if let Some(secs) = outage.ended(now) {
+                    tracing::info!("the store answers again after {secs:.1} s; going on");
+                }
+                machine.on_result(now, res)
+            }
+            Woke::Key(k) => {
+                let Some(sec) = &security else { continue };
+                let now = clock.now();
+                match key.looked(sec, k, now, &mut |n| on_event(&PingEvent::Key(n))) {
+                    Ok(Some(c)) => machine.set_crypto(now, c),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
             Woke::Wake => {
                 let now = clock.now();
-                if concerns(&changes, &[&machine.watch_prefix(), &server_key], machine.deadline(), now) {
+                let set = changes.take();
+                key.changed(&set, &server_key);
+                if concerns(&set, &[&machine.watch_prefix(), &server_key], machine.deadline(), now) {
                     pace.woke(&ops);
                     machine.wake(now);
                 }
@@ -471,15 +537,6 @@ pub async fn run_ping_client(
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
-    }
-}
-
-/// True when `client` has a channel directory towards `me` (or when that
-/// cannot be told, e.g. a read-only outbox that cannot be listed).
-async fn talks_to(store: &dyn Store, client: &PeerId, me: &PeerId) -> bool {
-    match store.list(&Key::new([client.as_str()]).expect("valid id")).await {
-        Ok(names) => names.iter().any(|n| n == me.as_str()),
-        Err(_) => true,
     }
 }
 
@@ -558,6 +615,8 @@ pub async fn run_ping_server(
     let mut wrote_mine = key_published;
     let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
     let mut key_next: std::collections::BTreeMap<PeerId, (Duration, Duration)> = Default::default();
+    // The last failure to read each client's key, reported once.
+    let mut key_errors: std::collections::BTreeMap<PeerId, String> = Default::default();
     // Clients whose files stopped opening: their published key is compared
     // with the pinned one again.
     let mut rechecks: std::collections::BTreeMap<PeerId, security::KeyRecheck> = Default::default();
@@ -583,13 +642,19 @@ pub async fn run_ping_server(
     // My head files written so far: if one is gone, the store lost my files.
     let mut heads: std::collections::BTreeSet<Key> = Default::default();
     let mut check_lost = false;
+    let (mut restart_ok_at, mut restart_delay) = (Duration::ZERO, RESTART_DELAY_FIRST);
     let mut rewatch = false;
     loop {
         if rewatch && wrote_mine {
             rewatch = false;
             changes = store.changes(&Key::root());
         }
-        if std::mem::take(&mut check_lost) && lost_my_files(store, &me, &heads).await {
+        // (At most once per `restart_delay`, which grows while restarts
+        // follow each other: a store whose listings never show my files
+        // would otherwise restart the server at every listing.)
+        if std::mem::take(&mut check_lost) && clock.now() >= restart_ok_at && lost_my_files(store, &me, &heads).await {
+            restart_ok_at = clock.now() + restart_delay;
+            restart_delay = (restart_delay * 2).min(RESTART_DELAY_MOST);
             tracing::warn!(
                 "the store lost this server's files (removed and recreated, or remounted?); \
                  starting afresh with a new session"
@@ -616,7 +681,7 @@ pub async fn run_ping_server(
             key_published = false;
         }
         let check_keys = last_key_check.is_none_or(|t| clock.now().saturating_sub(t) >= key_check_every);
-        if let (true, Some(sec)) = (check_keys, &security) {
+        if check_keys && security.is_some() {
             last_key_check = Some(clock.now());
             if !key_published {
                 last_republish = clock.now();
@@ -624,44 +689,21 @@ pub async fn run_ping_server(
                 wrote_mine |= key_published;
             }
             let now = clock.now();
-            let due: Vec<PeerId> = rechecks.iter_mut().filter_map(|(c, r)| r.due(now).then(|| c.clone())).collect();
-            for client in due {
-                if let Err(e) = sec.recheck(store, &client).await {
-                    // A changed key: that client is not served any more
-                    // (its link is dropped; found again, it waits for a key
-                    // it will not get), the others go on.
-                    on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
-                    refused.insert(client.clone());
-                    rechecks.remove(&client);
-                    machine.drop_client(&client);
+            for (client, r) in rechecks.iter_mut() {
+                if r.due(now) {
+                    ops.look_up_key(client, KeyPurpose::Recheck, None);
                 }
             }
             for client in machine.clients_needing_key() {
-                let now = clock.now();
                 // A client whose key is not there yet (or whose outbox cannot
-                // be reached: a look-up can take the store's whole retry time)
-                // is looked up again after a growing pause.
-                if key_next.get(&client).is_some_and(|(at, _)| *at > now) {
+                // be reached) is looked up again after a growing pause.
+                if key_next.get(&client).is_some_and(|(at, _)| *at > now)
+                    || refused.contains(&client)
+                    || ops.looking_up(&client, KeyPurpose::Resolve)
+                {
                     continue;
                 }
-                if refused.contains(&client) || !talks_to(store, &client, &me).await {
-                    continue;
-                }
-                match sec.resolve(store, &client, &mut |n| on_event(&ServerEvent::Key(n))).await {
-                    Ok(Some(c)) => {
-                        key_next.remove(&client);
-                        machine.set_client_crypto(clock.now(), &client, c)
-                    }
-                    Ok(None) => {
-                        let delay = key_next.get(&client).map_or(Duration::from_millis(500), |(_, d)| *d * 2);
-                        let delay = delay.min(Duration::from_secs(60));
-                        key_next.insert(client.clone(), (clock.now() + delay, delay));
-                    }
-                    Err(e) => {
-                        on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
-                        refused.insert(client);
-                    }
-                }
+                ops.look_up_key(&client, KeyPurpose::Resolve, Some(&me));
             }
         }
         for op in machine.take_ops() {
@@ -713,7 +755,11 @@ pub async fn run_ping_server(
                     }
                     // A listing without my directory, after I wrote into it.
                     OpResult::Listed(k, Ok(names)) if k.is_root() && wrote_mine => {
-                        check_lost |= !names.iter().any(|n| n == me.as_str());
+                        if names.iter().any(|n| n == me.as_str()) {
+                            restart_delay = RESTART_DELAY_FIRST;
+                        } else {
+                            check_lost = true;
+                        }
                     }
                     _ => {}
                 }
@@ -724,6 +770,53 @@ pub async fn run_ping_server(
                     check_lost = true;
                 }
                 machine.on_result(now, res)
+            }
+            Woke::Key(k) => {
+                let (Some(sec), false) = (&security, refused.contains(&k.peer)) else { continue };
+                let client = k.peer;
+                match k.purpose {
+                    KeyPurpose::Recheck => {
+                        if let Err(e) = sec.compare(&client, k.published) {
+                            // A changed key: that client is not served any more
+                            // (its link is dropped; found again, it waits for a key
+                            // it will not get), the others go on.
+                            on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
+                            refused.insert(client.clone());
+                            rechecks.remove(&client);
+                            machine.drop_client(&client);
+                        }
+                    }
+                    // Not talking to me (yet): looked at again at the next check.
+                    KeyPurpose::Resolve if !k.talks => {}
+                    KeyPurpose::Resolve => {
+                        if !machine.clients_needing_key().contains(&client) {
+                            continue; // dropped meanwhile, or the store lost my files
+                        }
+                        if let Err(e) = &k.published {
+                            let msg = e.to_string();
+                            if key_errors.get(&client) != Some(&msg) {
+                                tracing::warn!("cannot read the key of {client} yet: {msg} (retrying)");
+                                key_errors.insert(client.clone(), msg);
+                            }
+                        }
+                        match sec.decide(&client, k.published, &mut |n| on_event(&ServerEvent::Key(n))) {
+                            Ok(Some(c)) => {
+                                key_next.remove(&client);
+                                key_errors.remove(&client);
+                                machine.set_client_crypto(clock.now(), &client, c)
+                            }
+                            Ok(None) => {
+                                let delay = key_next.get(&client).map_or(Duration::from_millis(500), |(_, d)| *d * 2);
+                                let delay = delay.min(Duration::from_secs(60));
+                                key_next.insert(client.clone(), (clock.now() + delay, delay));
+                            }
+                            Err(e) => {
+                                on_event(&ServerEvent::KeyRefused { client: client.clone(), reason: e.to_string() });
+                                refused.insert(client);
+                            }
+                        }
+                    }
+                }
             }
             Woke::Wake => {
                 pace.woke(&ops);
@@ -774,6 +867,12 @@ pub async fn run_ping_server(
     }
     Ok(())
 }
+
+/// Pause after a restart of the ping server because the store lost its
+/// files, before the next such restart; doubles while they follow each
+/// other, up to [`RESTART_DELAY_MOST`].
+const RESTART_DELAY_FIRST: Duration = Duration::from_secs(1);
+const RESTART_DELAY_MOST: Duration = Duration::from_secs(60);
 
 /// Publishes my key (if any); true when it was written. A failure is
 /// logged as a warning when `loud`, else at debug level (it is retried).

@@ -516,7 +516,10 @@ impl DftpSender {
                 }
                 continue;
             }
-            if self.st.phase != SendPhase::Sending {
+            // Not sending (yet); or secure, with the peer's key not known
+            // yet (a resumed run looks it up beside its first reads): a
+            // chunk is never written unsealed.
+            if self.st.phase != SendPhase::Sending || (self.cfg.link.secure && self.crypto.is_none()) {
                 self.ready.insert(idx, data);
                 break;
             }

@@ -69,6 +69,9 @@ struct Sender {
     /// Transfer ids offered so far (one per start without state).
     transfers: Vec<String>,
     quota_breached: bool,
+    /// The peer's key, for a resumed sender that gets it only at its next
+    /// turn (the tools look it up beside their first reads).
+    key_late: Option<crate::crypto::PeerCrypto>,
 }
 
 impl Sender {
@@ -77,6 +80,7 @@ impl Sender {
         let inc = self.life.incarnation;
         env.log(|| format!("sender starts (incarnation {inc})"));
         let restored: Option<SenderState> = self.life.saved.as_deref().and_then(|s| serde_json::from_str(s).ok());
+        let resumed = restored.is_some();
         let dir = out_dir(&self.me, &self.peer);
         let me = self.me.as_str();
         let mut cfg = self.cfg.clone();
@@ -108,8 +112,13 @@ impl Sender {
             self.life.fresh_session(now),
             env.now,
         );
+        self.key_late = None;
         if let Some(c) = env.crypto(&self.me, &self.peer) {
-            m.set_crypto(now, c);
+            if resumed && env.rng.bool() {
+                self.key_late = Some(c);
+            } else {
+                m.set_crypto(now, c);
+            }
         }
         self.last = (m.acked_bytes(), m.phase());
         m.wake(env.now);
@@ -207,6 +216,10 @@ impl Node for Sender {
         if self.life.down_until.take().is_some() {
             self.start(env, store);
         } else if let Some(m) = self.m.as_mut() {
+            if let Some(c) = self.key_late.take() {
+                env.log(|| "sender: the peer's key arrives".to_string());
+                m.set_crypto(env.now, c);
+            }
             m.wake(env.now);
         }
         if let Some(at) = self.step(env, store) {
@@ -596,6 +609,7 @@ pub(super) fn run(env: &mut Env) -> ScenarioEnd {
         last: (0, SendPhase::Offered),
         transfers: Vec::new(),
         quota_breached: false,
+        key_late: None,
     };
     let mut r = Receiver {
         life: Life::new("receiver", notify),
