@@ -114,7 +114,7 @@ impl Store for HttpStore {
                     StatusCode::OK => {
                         let ct =
                             resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body = http.read_body("get", key, resp, max_len).await?;
+                        let body = http.read_body(key, resp, max_len).await?;
                         http.check_not_html(key, ct.as_deref(), &body)?;
                         Ok(Some(body))
                     }

@@ -3,7 +3,7 @@
 //! `Retry-After`), redirect policy, bounded body reads, and the mapping of
 //! HTTP failures to [`StoreError`].
 
-use super::{Key, StoreError};
+use super::{Key, StoreError, op_on};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url, header};
 use std::future::Future;
 use std::sync::OnceLock;
@@ -274,8 +274,7 @@ impl Http {
             };
         }
         let detail = error_detail(resp).await;
-        // "list: ..." rather than "list : ..." for the root.
-        let what = if key.is_root() { op.to_owned() } else { format!("{op} {key}") };
+        let what = op_on(op, key.as_str());
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Failure::Fatal(StoreError::Denied {
                 store: self.store.clone(),
@@ -296,13 +295,7 @@ impl Http {
 
     /// Reads a body of at most `max_len` bytes; stops reading as soon as it
     /// is known to be longer. A body cut short is retryable.
-    pub async fn read_body(
-        &self,
-        op: &'static str,
-        key: &Key,
-        mut resp: Response,
-        max_len: u64,
-    ) -> Result<Vec<u8>, Failure> {
+    pub async fn read_body(&self, key: &Key, mut resp: Response, max_len: u64) -> Result<Vec<u8>, Failure> {
         let too_large = |len: u64| {
             Failure::Fatal(StoreError::TooLarge { store: self.store.clone(), key: key.to_string(), len, max: max_len })
         };
@@ -326,11 +319,8 @@ impl Http {
                 Ok(None) => break,
                 Err(e) => {
                     return Err(Failure::Retry {
-                        msg: format!(
-                            "{op} {key}: body cut short after {} bytes: {}",
-                            buf.len(),
-                            error_chain(&e_without_url(&e))
-                        ),
+                        // The op and key are added by `run` (a StoreError::Io).
+                        msg: format!("body cut short after {} bytes: {}", buf.len(), error_chain(&e_without_url(&e))),
                         after: None,
                         unreachable: false,
                     });
@@ -340,7 +330,7 @@ impl Http {
         if let Some(len) = declared {
             if buf.len() as u64 != len {
                 return Err(Failure::Retry {
-                    msg: format!("{op} {key}: body of {} bytes, {len} announced", buf.len()),
+                    msg: format!("body of {} bytes, {len} announced", buf.len()),
                     after: None,
                     unreachable: false,
                 });

@@ -291,7 +291,7 @@ impl S3Store {
             }
             return (None, self.http.unexpected(op, key, resp).await);
         }
-        let body = self.http.read_body(op, key, resp, 64 * 1024).await.unwrap_or_default();
+        let body = self.http.read_body(key, resp, 64 * 1024).await.unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         let code = xml_text(&text, "Code");
         let detail = super::retry::detail_of(Some("application/xml"), &body);
@@ -392,7 +392,7 @@ impl Store for S3Store {
                     StatusCode::OK => {
                         let ct =
                             resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body = http.read_body("get", key, resp, max_len).await?;
+                        let body = http.read_body(key, resp, max_len).await?;
                         http.check_not_html(key, ct.as_deref(), &body)?;
                         Ok(Some(body))
                     }
@@ -455,7 +455,7 @@ impl Store for S3Store {
                         let resp = http.send(http.client.get(url)).await?;
                         match resp.status() {
                             StatusCode::OK => {
-                                let body = http.read_body("list", prefix, resp, LIST_PAGE_MAX).await?;
+                                let body = http.read_body(prefix, resp, LIST_PAGE_MAX).await?;
                                 ListObjectsV2::parse_response(&body).map_err(|e| {
                                     http.fatal_io("list", prefix, format!("bad ListObjectsV2 answer: {e}"))
                                 })

@@ -362,7 +362,7 @@ impl Store for WebDavStore {
                     StatusCode::OK => {
                         let ct =
                             resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body = http.read_body("get", key, resp, max_len).await?;
+                        let body = http.read_body(key, resp, max_len).await?;
                         http.check_not_html(key, ct.as_deref(), &body)?;
                         Ok(Some(body))
                     }
@@ -418,7 +418,7 @@ impl Store for WebDavStore {
                 let resp = http.send(req).await?;
                 match resp.status() {
                     StatusCode::MULTI_STATUS => {
-                        let body = http.read_body("list", prefix, resp, LIST_MAX).await?;
+                        let body = http.read_body(prefix, resp, LIST_MAX).await?;
                         parse_multistatus(&body, &dir_path).map_err(|msg| http.fatal_io("list", prefix, msg))
                     }
                     StatusCode::NOT_FOUND => Ok(Vec::new()),
