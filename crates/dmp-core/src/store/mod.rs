@@ -2,6 +2,8 @@
 //! and its adapters.
 
 pub mod contract;
+#[cfg(test)]
+mod fake_http;
 mod folder;
 #[cfg(target_os = "linux")]
 mod folder_watch;

@@ -22,6 +22,13 @@ use std::path::{Path, PathBuf};
 /// Largest PROPFIND answer read (a listing of many thousand names).
 const LIST_MAX: u64 = 64 << 20;
 
+/// Deepest chain of missing collections created for one put.
+const MKCOL_DEPTH: usize = 64;
+
+/// MKCOL requests of one put at most: each collection is asked at most
+/// twice (before and after its parent), and never more than this.
+const MKCOL_MAX: usize = 2 * MKCOL_DEPTH + 1;
+
 const PROPFIND_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>
 "#;
@@ -178,19 +185,47 @@ impl WebDavStore {
     /// Creates the collection at `dir_url` (ending with `/`) and, when the
     /// server says its parent is missing, the parents first, up to `base`'s
     /// host root.
+    ///
+    /// A collection still answered 409 or 404 once its parent was created
+    /// or found to exist cannot be made (a file stands in the way, as a
+    /// plain file `alice` does for `alice/bob/`): that is an error at once,
+    /// for the caller to retry with its own back-off, never a loop.
     async fn mkcol_all(&self, key: &Key, dir_url: &Url) -> Result<(), Failure> {
         // Collections to create, deepest first; stop climbing at the first that exists.
         let mut pending: Vec<Url> = vec![dir_url.clone()];
+        // True when the parent of the last of `pending` was just created or found.
+        let mut parent_there = false;
+        let mut requests = 0;
         while let Some(url) = pending.last().cloned() {
+            requests += 1;
+            if requests > MKCOL_MAX {
+                return Err(self.http.fatal_io(
+                    "mkcol",
+                    key,
+                    format!("cannot create {}: more than {MKCOL_MAX} MKCOL requests", url.path()),
+                ));
+            }
             let resp = self.http.send(self.request(Method::from_bytes(b"MKCOL").expect("method"), url.clone())).await?;
             match resp.status() {
                 // Created, or already there (405: MKCOL on an existing resource).
                 StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::METHOD_NOT_ALLOWED => {
                     pending.pop();
+                    parent_there = true;
+                }
+                s @ (StatusCode::CONFLICT | StatusCode::NOT_FOUND) if parent_there => {
+                    return Err(self.http.fatal_io(
+                        "mkcol",
+                        key,
+                        format!(
+                            "cannot create {}: the server answers {} though its parent exists (a file in the way?)",
+                            url.path(),
+                            s.as_u16()
+                        ),
+                    ));
                 }
                 // The parent is missing too.
                 StatusCode::CONFLICT | StatusCode::NOT_FOUND => match parent_collection(&url) {
-                    Some(p) if pending.len() < 64 => pending.push(p),
+                    Some(p) if pending.len() < MKCOL_DEPTH => pending.push(p),
                     _ => return Err(self.http.fatal_io("mkcol", key, format!("cannot create {}", url.path()))),
                 },
                 _ => return Err(self.http.unexpected("mkcol", key, resp).await),
@@ -440,7 +475,103 @@ impl Store for WebDavStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake_http::{FakeServer, Reply, response};
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn fast() -> HttpOptions {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            retries: 2,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            ..HttpOptions::default()
+        }
+    }
+
+    fn key(s: &str) -> Key {
+        Key::new(s.split('/')).unwrap()
+    }
+
+    /// A put below `/dmp/alice/` where `/dmp/alice` is a plain file: MKCOL
+    /// of `alice/bob/` answers 409 (no parent) and MKCOL of `alice/`
+    /// answers `parent` (405 as RFC 4918 says for an existing
+    /// non-collection, or 201 from a sloppy server).
+    async fn put_below_a_file(parent: &'static str) -> (StoreError, Vec<(String, String)>) {
+        let srv = FakeServer::start(move |method, path| {
+            let status = match (method, path) {
+                ("PUT", _) => "409 Conflict",
+                ("MKCOL", "/dmp/alice/bob/") => "409 Conflict",
+                ("MKCOL", "/dmp/alice/") => parent,
+                _ => "500 Internal Server Error",
+            };
+            Reply::Now(response(status, b""))
+        })
+        .await;
+        let store = WebDavStore::with_options(srv.url("/dmp/"), None, fast()).unwrap();
+        let k = key("alice/bob/x");
+        let put = store.put(&k, b"x");
+        let e = tokio::time::timeout(Duration::from_secs(20), put).await.expect("no MKCOL loop").unwrap_err();
+        (e, srv.seen())
+    }
+
+    #[tokio::test]
+    async fn mkcol_below_a_file_is_an_error_not_a_loop() {
+        for parent in ["405 Method Not Allowed", "201 Created"] {
+            let (e, seen) = put_below_a_file(parent).await;
+            let msg = e.to_string();
+            assert!(
+                msg.contains(
+                    "cannot create /dmp/alice/bob/: the server answers 409 though its parent exists (a file in the way?)"
+                ),
+                "{parent}: {msg}"
+            );
+            assert!(e.is_transient(), "the caller retries with its own back-off: {e:?}");
+            let mkcols = seen.iter().filter(|(m, _)| m == "MKCOL").count();
+            assert_eq!(mkcols, 3, "{parent}: bob, alice, bob again: {seen:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn mkcol_creates_missing_parents_then_puts() {
+        let made = Arc::new(Mutex::new(vec!["/dmp/".to_owned()]));
+        let m = made.clone();
+        let srv = FakeServer::start(move |method, path| {
+            let mut made = m.lock().unwrap();
+            let parent = |p: &str| format!("{}/", p.trim_end_matches('/').rsplit_once('/').unwrap().0);
+            let status = match method {
+                "PUT" if made.contains(&parent(path)) => "201 Created",
+                "PUT" => "409 Conflict",
+                "MKCOL" if made.iter().any(|d| d == path) => "405 Method Not Allowed",
+                "MKCOL" if made.contains(&parent(path)) => {
+                    made.push(path.to_owned());
+                    "201 Created"
+                }
+                "MKCOL" => "409 Conflict",
+                _ => "500 Internal Server Error",
+            };
+            Reply::Now(response(status, b""))
+        })
+        .await;
+        let store = WebDavStore::with_options(srv.url("/dmp/"), None, fast()).unwrap();
+        store.put(&key("a/b/c/x"), b"x").await.unwrap();
+        assert_eq!(made.lock().unwrap()[1..], ["/dmp/a/", "/dmp/a/b/", "/dmp/a/b/c/"]);
+        let seen: Vec<String> = srv.seen().into_iter().map(|(m, p)| format!("{m} {p}")).collect();
+        assert_eq!(
+            seen,
+            [
+                "PUT /dmp/a/b/c/x",
+                "MKCOL /dmp/a/b/c/",
+                "MKCOL /dmp/a/b/",
+                "MKCOL /dmp/a/",
+                "MKCOL /dmp/a/b/",
+                "MKCOL /dmp/a/b/c/",
+                "PUT /dmp/a/b/c/x"
+            ]
+        );
+    }
 
     #[test]
     fn parses_nginx_and_apache_multistatus() {
