@@ -1,9 +1,11 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1 for the remote stores' unit tests:
 //! it answers each request with what its handler says for the method and
-//! path and records what it was asked.
+//! path (a canned response or a body dripped slowly) and records what it
+//! was asked.
 
 use reqwest::Url;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -11,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) enum Reply {
     /// Sends these bytes (a whole response) and closes the connection.
     Now(Vec<u8>),
+    /// Sends `head` (status line and headers), then `body` one byte every
+    /// `every`.
+    Drip { head: Vec<u8>, body: Vec<u8>, every: Duration },
 }
 
 type Handler = dyn Fn(&str, &str) -> Reply + Send + Sync;
@@ -57,10 +62,14 @@ impl Drop for FakeServer {
 
 /// A response with a body and `Connection: close`.
 pub(crate) fn response(status: &str, body: &[u8]) -> Vec<u8> {
-    let mut out =
-        format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut out = head(status, body.len());
     out.extend_from_slice(body);
     out
+}
+
+/// The status line and headers of a response with a body of `len` bytes.
+pub(crate) fn head(status: &str, len: usize) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n").into_bytes()
 }
 
 async fn serve(mut sock: TcpStream, handler: Arc<Handler>, seen: Arc<Mutex<Vec<(String, String)>>>) {
@@ -69,6 +78,17 @@ async fn serve(mut sock: TcpStream, handler: Arc<Handler>, seen: Arc<Mutex<Vec<(
     match handler(&method, &path) {
         Reply::Now(bytes) => {
             let _ = sock.write_all(&bytes).await;
+        }
+        Reply::Drip { head, body, every } => {
+            if sock.write_all(&head).await.is_err() {
+                return;
+            }
+            for b in body {
+                tokio::time::sleep(every).await;
+                if sock.write_all(&[b]).await.is_err() {
+                    return;
+                }
+            }
         }
     }
     let _ = sock.shutdown().await;

@@ -101,13 +101,14 @@ impl Store for HttpStore {
         }
         let url = self.url(key);
         let http = &self.http;
+        let deadline = http.read_deadline(max_len);
         http.run("get", key, || {
             let url = url.clone();
             async move {
                 let resp = http
                     .send_read("get", key, url, |u| {
                         // Ask caches on the way to revalidate: a stale copy is at best "not yet".
-                        http.client.get(u).header(header::CACHE_CONTROL, "no-cache")
+                        http.client.get(u).header(header::CACHE_CONTROL, "no-cache").timeout(deadline)
                     })
                     .await?;
                 match resp.status() {
@@ -140,5 +141,41 @@ impl Store for HttpStore {
 
     fn notifies(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake_http::{FakeServer, Reply, head};
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn key(s: &str) -> Key {
+        Key::new(s.split('/')).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dripping_read_hits_its_overall_deadline() {
+        // 100 bytes, one every 100 ms: never silent for long, 10 s in all.
+        let srv = FakeServer::start(|_, _| Reply::Drip {
+            head: head("200 OK", 100),
+            body: vec![b'x'; 100],
+            every: Duration::from_millis(100),
+        })
+        .await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_secs(5),
+            read_deadline_base: Duration::from_millis(500),
+            min_download_rate: 1 << 20,
+            retries: 0,
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let t = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(8), store.get(&key("m1"), 100)).await;
+        let e = got.expect("the read ends at its deadline, not when the server is done").unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 }

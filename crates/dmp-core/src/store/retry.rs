@@ -1,7 +1,7 @@
 //! The HTTP plumbing shared by the remote stores: one pooled client,
-//! timeouts, retries with exponential back-off and jitter (honouring
-//! `Retry-After`), redirect policy, bounded body reads, and the mapping of
-//! HTTP failures to [`StoreError`].
+//! timeouts and an overall deadline per request, retries with exponential
+//! back-off and jitter (honouring `Retry-After`), redirect policy, bounded
+//! body reads, and the mapping of HTTP failures to [`StoreError`].
 
 use super::{Key, StoreError, op_on};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url, header};
@@ -16,6 +16,14 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// Longest silence allowed while reading a response.
     pub read_timeout: Duration,
+    /// Longest time a request without a body to upload may take in all,
+    /// from connecting to the end of the response body: this, plus the
+    /// largest body allowed at `min_download_rate` for a read (a GET of up
+    /// to `max_len` bytes, a listing). Without it a server that sends a
+    /// byte now and then holds a read open for hours.
+    pub read_deadline_base: Duration,
+    /// Slowest download rate tolerated by that deadline, in bytes per second.
+    pub min_download_rate: u64,
     /// Retries after the first attempt, for 5xx, 429, resets, timeouts and
     /// refused connections.
     pub retries: u32,
@@ -38,6 +46,8 @@ impl Default for HttpOptions {
         HttpOptions {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            read_deadline_base: Duration::from_secs(30),
+            min_download_rate: 64 * 1024,
             retries: 5,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
@@ -51,6 +61,9 @@ impl Default for HttpOptions {
 
 /// Largest error body read to explain a failure.
 const ERROR_BODY_MAX: usize = 4096;
+
+/// Ceiling of any one request's deadline.
+const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 fn build_client(opts: &HttpOptions) -> Result<Client, String> {
     Client::builder()
@@ -158,6 +171,13 @@ impl Http {
         }
     }
 
+    /// The overall deadline of a read of at most `max_len` bytes: see
+    /// [`HttpOptions::read_deadline_base`].
+    pub fn read_deadline(&self, max_len: u64) -> Duration {
+        let secs = max_len / self.opts.min_download_rate.max(1);
+        (self.opts.read_deadline_base + Duration::from_secs(secs.min(DEADLINE_MAX.as_secs()))).min(DEADLINE_MAX)
+    }
+
     /// Sends a request. Transport errors, 5xx (but 501 and 507) and 429 are
     /// retryable failures; any other response is returned as is.
     pub async fn send(&self, req: RequestBuilder) -> Result<Response, Failure> {
@@ -165,9 +185,16 @@ impl Http {
         self.check_retryable(resp).await
     }
 
-    /// Sends a request; only transport errors are failures.
+    /// Sends a request; only transport errors are failures. A request built
+    /// without a deadline gets `read_deadline_base` (reads and uploads set
+    /// their own, scaled to their size).
     pub async fn send_raw(&self, req: RequestBuilder) -> Result<Response, Failure> {
-        req.send().await.map_err(|e| self.transport_failure(&e))
+        let (client, req) = req.build_split();
+        let mut req = req.map_err(|e| self.transport_failure(&e))?;
+        if req.timeout().is_none() {
+            *req.timeout_mut() = Some(self.opts.read_deadline_base);
+        }
+        client.execute(req).await.map_err(|e| self.transport_failure(&e))
     }
 
     /// A retryable failure for 5xx (but 501, 505 and 507) and 429; any other
@@ -521,6 +548,14 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
         }
         assert!(backoff(&o, 40) <= o.backoff_max);
+    }
+
+    #[test]
+    fn read_deadlines_scale_with_the_size_allowed() {
+        let http = Http::new("s".into(), HttpOptions::default(), "").unwrap();
+        assert_eq!(http.read_deadline(0), Duration::from_secs(30));
+        assert_eq!(http.read_deadline(64 << 20), Duration::from_secs(30 + 1024));
+        assert_eq!(http.read_deadline(u64::MAX), DEADLINE_MAX);
     }
 
     #[test]

@@ -383,11 +383,12 @@ impl Store for S3Store {
         }
         let object = self.object(key);
         let http = &self.http;
+        let deadline = http.read_deadline(max_len);
         http.run("get", key, || {
             let url = GetObject::new(&self.bucket, self.creds.as_ref(), &object).sign(SIGN_FOR);
             async move {
                 // A presigned URL cannot follow a redirect: send() does not.
-                let resp = http.send(http.client.get(url)).await?;
+                let resp = http.send(http.client.get(url).timeout(deadline)).await?;
                 match resp.status() {
                     StatusCode::OK => {
                         let ct =
@@ -439,6 +440,7 @@ impl Store for S3Store {
     async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
         let dir = if prefix.is_root() { self.prefix.clone() } else { format!("{}{}/", self.prefix, prefix.as_str()) };
         let http = &self.http;
+        let deadline = http.read_deadline(LIST_PAGE_MAX);
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..LIST_PAGES_MAX {
@@ -452,7 +454,7 @@ impl Store for S3Store {
                     }
                     let url = action.sign(SIGN_FOR);
                     async move {
-                        let resp = http.send(http.client.get(url)).await?;
+                        let resp = http.send(http.client.get(url).timeout(deadline)).await?;
                         match resp.status() {
                             StatusCode::OK => {
                                 let body = http.read_body(prefix, resp, LIST_PAGE_MAX).await?;

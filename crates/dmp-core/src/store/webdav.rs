@@ -389,10 +389,11 @@ impl Store for WebDavStore {
         }
         let url = key_url(&self.base, key);
         let http = &self.http;
+        let deadline = http.read_deadline(max_len);
         http.run("get", key, || {
             let url = url.clone();
             async move {
-                let resp = http.send_read("get", key, url, |u| self.request(Method::GET, u)).await?;
+                let resp = http.send_read("get", key, url, |u| self.request(Method::GET, u).timeout(deadline)).await?;
                 match resp.status() {
                     StatusCode::OK => {
                         let ct =
@@ -441,6 +442,7 @@ impl Store for WebDavStore {
         };
         let dir_path = percent_decode_str(url.path()).decode_utf8_lossy().into_owned();
         let http = &self.http;
+        let deadline = http.read_deadline(LIST_MAX);
         http.run("list", prefix, || {
             let url = url.clone();
             let dir_path = dir_path.clone();
@@ -449,6 +451,7 @@ impl Store for WebDavStore {
                     .request(Method::from_bytes(b"PROPFIND").expect("method"), url)
                     .header("Depth", "1")
                     .header(header::CONTENT_TYPE, "application/xml; charset=utf-8")
+                    .timeout(deadline)
                     .body(PROPFIND_BODY);
                 let resp = http.send(req).await?;
                 match resp.status() {
