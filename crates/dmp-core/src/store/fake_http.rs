@@ -1,7 +1,7 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1 for the remote stores' unit tests:
 //! it answers each request with what its handler says for the method and
-//! path (a canned response or a body dripped slowly) and records what it
-//! was asked.
+//! path (a canned response, a body dripped slowly, or nothing at all) and
+//! records what it was asked.
 
 use reqwest::Url;
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,8 @@ pub(crate) enum Reply {
     /// Sends `head` (status line and headers), then `body` one byte every
     /// `every`.
     Drip { head: Vec<u8>, body: Vec<u8>, every: Duration },
+    /// Reads the request and never answers (the connection stays open).
+    Silence,
 }
 
 type Handler = dyn Fn(&str, &str) -> Reply + Send + Sync;
@@ -89,6 +91,12 @@ async fn serve(mut sock: TcpStream, handler: Arc<Handler>, seen: Arc<Mutex<Vec<(
                     return;
                 }
             }
+        }
+        Reply::Silence => {
+            // Holds the connection open until the client gives up.
+            let mut buf = [0u8; 1024];
+            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+            return;
         }
     }
     let _ = sock.shutdown().await;

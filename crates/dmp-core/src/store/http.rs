@@ -146,8 +146,10 @@ impl Store for HttpStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake_http::{FakeServer, Reply, head};
+    use super::super::fake_http::{FakeServer, Reply, head, response};
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
     fn key(s: &str) -> Key {
@@ -177,5 +179,53 @@ mod tests {
         assert!(e.is_transient(), "{e:?}");
         assert!(e.to_string().contains("timed out"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn retrying_stops_after_retry_for_and_warns_while_waiting() {
+        // Accepts connections, never answers; then recovers.
+        let healthy = Arc::new(AtomicBool::new(false));
+        let h = healthy.clone();
+        let srv = FakeServer::start(move |_, _| {
+            if h.load(Ordering::SeqCst) { Reply::Now(response("200 OK", b"hello")) } else { Reply::Silence }
+        })
+        .await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_millis(200),
+            retries: 1000,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            retry_for: Duration::from_secs(1),
+            warn_after: Duration::from_millis(300),
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let t = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(10), store.get(&key("m1"), 100)).await;
+        let e = got.expect("gives up after retry_for, not after 1000 retries").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("timed out") && msg.contains("gave up after"), "{msg}");
+        assert!(t.elapsed() >= Duration::from_millis(800) && t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(store.http.has_warned(), "a warning was logged while waiting");
+        // Answering again clears it: the next outage is logged again.
+        healthy.store(true, Ordering::SeqCst);
+        assert_eq!(store.get(&key("m1"), 100).await.unwrap().as_deref(), Some(&b"hello"[..]));
+        assert!(!store.http.has_warned());
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_is_a_warning_before_it_fails() {
+        let srv = FakeServer::start(|_, _| Reply::Silence).await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_secs(5),
+            read_deadline_base: Duration::from_millis(700),
+            retries: 0,
+            warn_after: Duration::from_millis(200),
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let e = store.get(&key("m1"), 100).await.unwrap_err();
+        assert!(e.to_string().contains("gave up after 1 attempt in"), "{e}");
+        assert!(store.http.has_warned());
     }
 }

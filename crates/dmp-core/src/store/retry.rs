@@ -1,13 +1,15 @@
 //! The HTTP plumbing shared by the remote stores: one pooled client,
 //! timeouts and an overall deadline per request, retries with exponential
-//! back-off and jitter (honouring `Retry-After`), redirect policy, bounded
-//! body reads, and the mapping of HTTP failures to [`StoreError`].
+//! back-off and jitter (honouring `Retry-After`) bounded in attempts and in
+//! time, redirect policy, bounded body reads, and the mapping of HTTP
+//! failures to [`StoreError`].
 
 use super::{Key, StoreError, op_on};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url, header};
 use std::future::Future;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Timeouts and retry policy of a remote store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,14 @@ pub struct HttpOptions {
     /// Retries after the first attempt, for 5xx, 429, resets, timeouts and
     /// refused connections.
     pub retries: u32,
+    /// Time one operation may spend retrying: no retry starts once this
+    /// much has passed since its first attempt (or would have passed by the
+    /// end of the back-off delay).
+    pub retry_for: Duration,
+    /// A request still unanswered after this long (plus the time its upload
+    /// may take), or an operation still failing after it, is logged as a
+    /// warning, once until the store answers again.
+    pub warn_after: Duration,
     /// First back-off delay; doubled after each retry, with jitter.
     pub backoff_base: Duration,
     /// Ceiling of one back-off delay.
@@ -49,6 +59,8 @@ impl Default for HttpOptions {
             read_deadline_base: Duration::from_secs(30),
             min_download_rate: 64 * 1024,
             retries: 5,
+            retry_for: Duration::from_secs(60),
+            warn_after: Duration::from_secs(10),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             retry_after_max: Duration::from_secs(60),
@@ -128,47 +140,83 @@ pub(crate) struct Http {
     pub store: String,
     /// Appended to 401/403 errors: where credentials come from.
     pub denied_hint: &'static str,
+    /// Set once a slow or failing store was logged as a warning; cleared
+    /// when an operation succeeds again. Shared by the store's clones.
+    warned: Arc<AtomicBool>,
 }
 
 impl Http {
     pub fn new(store: String, opts: HttpOptions, denied_hint: &'static str) -> Result<Http, StoreError> {
         let client = shared_client(&opts)
             .map_err(|msg| StoreError::BadSpec(format!("{store}: cannot set up the HTTP client: {msg}")))?;
-        Ok(Http { client, opts, store, denied_hint })
+        Ok(Http { client, opts, store, denied_hint, warned: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries are
-    /// spent; sleeps with exponential back-off and jitter in between.
+    /// spent (`retries` more attempts, or `retry_for` of time); sleeps with
+    /// exponential back-off and jitter in between.
     pub async fn run<T, F, Fut>(&self, op: &'static str, key: &Key, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
+        let start = Instant::now();
         let mut n = 0u32;
-        loop {
+        let result = loop {
             match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
+                Ok(v) => break Ok(v),
+                Err(Failure::Fatal(e)) => break Err(e),
                 Err(Failure::Retry { msg, after, unreachable }) => {
-                    if n >= self.opts.retries {
+                    let delay = match after {
+                        Some(a) => a.min(self.opts.retry_after_max),
+                        None => backoff(&self.opts, n),
+                    };
+                    let spent = start.elapsed();
+                    if n >= self.opts.retries || spent + delay > self.opts.retry_for {
                         let tries = n + 1;
-                        let msg = format!("{msg} (gave up after {tries} attempt{})", if tries == 1 { "" } else { "s" });
-                        return Err(if unreachable {
+                        let msg = format!(
+                            "{msg} (gave up after {tries} attempt{} in {:.1} s)",
+                            if tries == 1 { "" } else { "s" },
+                            spent.as_secs_f64()
+                        );
+                        break Err(if unreachable {
                             StoreError::Unreachable { store: self.store.clone(), msg }
                         } else {
                             StoreError::Io { store: self.store.clone(), op, key: key.to_string(), msg }
                         });
                     }
-                    let delay = match after {
-                        Some(a) => a.min(self.opts.retry_after_max),
-                        None => backoff(&self.opts, n),
-                    };
+                    if spent >= self.opts.warn_after {
+                        self.warn_once(format_args!(
+                            "{}: {}: failing for {:.0} s ({msg}); retrying",
+                            self.store,
+                            op_on(op, key.as_str()),
+                            spent.as_secs_f64()
+                        ));
+                    }
                     tracing::debug!(store = %self.store, op, key = %key, "{msg}; retry {} in {delay:?}", n + 1);
                     tokio::time::sleep(delay).await;
                     n += 1;
                 }
             }
+        };
+        if result.is_ok() && self.warned.swap(false, Ordering::Relaxed) {
+            tracing::info!("{}: answering again", self.store);
         }
+        result
+    }
+
+    /// Logs a warning about this store unless one was logged since it last
+    /// answered.
+    fn warn_once(&self, msg: std::fmt::Arguments<'_>) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{msg}");
+        }
+    }
+
+    /// True once a warning was logged and the store has not answered since.
+    #[cfg(test)]
+    pub fn has_warned(&self) -> bool {
+        self.warned.load(Ordering::Relaxed)
     }
 
     /// The overall deadline of a read of at most `max_len` bytes: see
@@ -187,14 +235,31 @@ impl Http {
 
     /// Sends a request; only transport errors are failures. A request built
     /// without a deadline gets `read_deadline_base` (reads and uploads set
-    /// their own, scaled to their size).
+    /// their own, scaled to their size). One still unanswered after
+    /// `warn_after` plus its upload time is logged as a warning.
     pub async fn send_raw(&self, req: RequestBuilder) -> Result<Response, Failure> {
         let (client, req) = req.build_split();
         let mut req = req.map_err(|e| self.transport_failure(&e))?;
         if req.timeout().is_none() {
             *req.timeout_mut() = Some(self.opts.read_deadline_base);
         }
-        client.execute(req).await.map_err(|e| self.transport_failure(&e))
+        let upload = req.body().and_then(|b| b.as_bytes()).map_or(0, <[u8]>::len) as u64;
+        let patience = self.opts.warn_after + Duration::from_secs(upload / self.opts.min_upload_rate.max(1));
+        let what = format!("{} {}", req.method(), req.url().path());
+        let send = client.execute(req);
+        tokio::pin!(send);
+        let sent = tokio::select! {
+            r = &mut send => r,
+            () = tokio::time::sleep(patience) => {
+                self.warn_once(format_args!(
+                    "{}: no answer to {what} after {} s; still waiting",
+                    self.store,
+                    patience.as_secs()
+                ));
+                send.await
+            }
+        };
+        sent.map_err(|e| self.transport_failure(&e))
     }
 
     /// A retryable failure for 5xx (but 501, 505 and 507) and 429; any other
