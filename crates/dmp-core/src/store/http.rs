@@ -11,6 +11,7 @@
 //! there yet").
 
 use super::retry::{Failure, Http, HttpOptions, shown_url};
+use super::spec::shown_location;
 use super::{Changes, Key, Store, StoreError};
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url, header};
@@ -54,20 +55,21 @@ impl HttpStore {
 /// Checks an http(s) base URL and gives it a trailing slash, so that keys
 /// resolve below it.
 pub(crate) fn check_base(mut base: Url) -> Result<Url, StoreError> {
+    // Without credentials or query, quoted and cut short.
+    let shown = shown_location(&shown_url(&base));
     if !matches!(base.scheme(), "http" | "https") {
-        return Err(StoreError::BadSpec(format!("{:?}: not an http:// or https:// URL", base.as_str())));
+        return Err(StoreError::BadSpec(format!("{shown}: not an http:// or https:// URL")));
     }
     if base.host_str().is_none_or(str::is_empty) {
-        return Err(StoreError::BadSpec(format!("{:?}: no host", base.as_str())));
+        return Err(StoreError::BadSpec(format!("{shown}: no host")));
     }
     if !base.username().is_empty() || base.password().is_some() {
         return Err(StoreError::BadSpec(format!(
-            "{}: credentials in the URL are not accepted (use DMP_STORE_USER and DMP_STORE_PASSWORD, or ~/.netrc)",
-            shown_url(&base)
+            "{shown}: credentials in the URL are not accepted (use DMP_STORE_USER and DMP_STORE_PASSWORD, or ~/.netrc)"
         )));
     }
     if base.query().is_some() || base.fragment().is_some() {
-        return Err(StoreError::BadSpec(format!("{}: a store URL takes no query or fragment", shown_url(&base))));
+        return Err(StoreError::BadSpec(format!("{shown}: a store URL takes no query or fragment")));
     }
     if !base.path().ends_with('/') {
         let p = format!("{}/", base.path());
