@@ -63,6 +63,9 @@ pub(crate) fn check_base(mut base: Url) -> Result<Url, StoreError> {
     if base.host_str().is_none_or(str::is_empty) {
         return Err(StoreError::BadSpec(format!("{shown}: no host")));
     }
+    if base.port() == Some(0) {
+        return Err(StoreError::BadSpec(format!("{shown}: port 0 cannot be reached; give the server's port")));
+    }
     if !base.username().is_empty() || base.password().is_some() {
         return Err(StoreError::BadSpec(format!(
             "{shown}: credentials in the URL are not accepted (use DMP_STORE_USER and DMP_STORE_PASSWORD, or ~/.netrc)"

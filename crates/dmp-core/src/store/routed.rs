@@ -301,6 +301,8 @@ mod tests {
         }
         let e = "bob=http://127.0.0.1/\x1b[31mred".parse::<PeerOutbox>().unwrap_err().to_string();
         assert!(e.contains("control characters") && !e.contains('\x1b'), "{e}");
+        let e = "bob=http://127.0.0.1:0/x".parse::<PeerOutbox>().unwrap_err().to_string();
+        assert!(e.contains("port 0"), "{e}");
         let long = "a/".repeat(50_000);
         for bad in [
             format!("bob=http://h/{long}?q"),

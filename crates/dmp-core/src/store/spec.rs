@@ -103,6 +103,9 @@ fn parse_webdav(s: &str, scheme: &str, rest: &str) -> Result<StoreSpec, StoreErr
     if url.query().is_some() || url.fragment().is_some() {
         return Err(StoreError::BadSpec(format!("{shown}: a store URL takes no query or fragment")));
     }
+    if url.port() == Some(0) {
+        return Err(StoreError::BadSpec(format!("{shown}: port 0 cannot be reached; give the server's port")));
+    }
     let url = super::http::check_base(url)?;
     Ok(StoreSpec::WebDav(url))
 }
@@ -384,6 +387,14 @@ mod tests {
         }
         assert_eq!(shown_location("webdav://h/x"), "\"webdav://h/x\"");
         assert_eq!(shown_location("a\x1bb"), "\"a\\u{1b}b\"");
+    }
+
+    #[test]
+    fn port_0_is_refused() {
+        for bad in ["webdav://127.0.0.1:0/x", "webdavs://h:0/"] {
+            let e = bad.parse::<StoreSpec>().expect_err(bad).to_string();
+            assert!(e.contains("port 0"), "{e}");
+        }
     }
 
     #[test]
