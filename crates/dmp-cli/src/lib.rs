@@ -43,12 +43,12 @@ pub struct Common {
     /// webdav://host[:port]/path, webdavs://..., or s3://bucket/prefix.
     /// Default: <Dropbox folder>/dmp when ~/.dropbox/info.json names one,
     /// else ~/.local/share/dmp/store.
-    #[arg(long, env = "DMP_STORE", value_name = "URL")]
+    #[arg(long, env = "DMP_STORE", value_name = "URL", value_parser = Unechoed(store_value))]
     pub store: Option<StoreSpec>,
 
     /// Read peer ID's outbox at URL (http:// or https://, read-only) instead
     /// of <store>/ID. Repeatable; adds to and overrides the peers file.
-    #[arg(long = "peer-outbox", value_name = "ID=URL")]
+    #[arg(long = "peer-outbox", value_name = "ID=URL", value_parser = Unechoed(peer_outbox_value))]
     pub peer_outbox: Vec<PeerOutbox>,
 
     /// File of `id = url` lines, as --peer-outbox [default: ~/.config/dmp/peers].
@@ -294,6 +294,45 @@ pub fn key_notice(quiet: bool) -> impl FnMut(dmp_core::keys::KeyNotice) {
     }
 }
 
+/// A value parser whose error does not repeat the value: clap's own
+/// message quotes it whole ("invalid value 'webdav://user:pass@h/x' for
+/// ..."), and a store URL may carry a password, or be 100 KB long. The
+/// error names the flag and says what is wrong; the parse function shows
+/// the value, if at all, redacted and cut short.
+#[derive(Clone)]
+pub struct Unechoed<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Unechoed<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let flag = arg.and_then(|a| a.get_long()).map_or_else(|| "a value".to_owned(), |l| format!("--{l}"));
+        let bad = |msg: &str| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{flag}: {msg}\n")).with_cmd(cmd)
+        };
+        let s = value.to_str().ok_or_else(|| bad("not valid UTF-8"))?;
+        (self.0)(s).map_err(|msg| bad(&msg))
+    }
+}
+
+/// `--store`: see [`StoreSpec`].
+fn store_value(s: &str) -> Result<StoreSpec, String> {
+    s.parse::<StoreSpec>().map_err(|e| e.to_string())
+}
+
+/// `--peer-outbox ID=URL`: see [`PeerOutbox`].
+fn peer_outbox_value(s: &str) -> Result<PeerOutbox, String> {
+    s.parse::<PeerOutbox>().map_err(|e| match e {
+        dmp_core::store::StoreError::BadSpec(m) => m,
+        e => e.to_string(),
+    })
+}
+
 /// Parses the command line; a usage error prints one line and exits 2.
 pub fn parse<T: Parser>() -> T {
     parse_from(std::env::args_os())
@@ -333,14 +372,19 @@ pub fn parse_from<T: Parser>(args: impl IntoIterator<Item = std::ffi::OsString>)
                     });
                 }
                 _ => {
-                    let text = e.render().to_string();
-                    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid usage");
-                    eprintln!("{} (see --help)", first.trim_end());
+                    eprintln!("{}", usage_line(&e));
                     std::process::exit(Exit::Usage as i32);
                 }
             }
         }
     }
+}
+
+/// The one line printed for a usage error (exit code 2).
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid usage");
+    format!("{} (see --help)", first.trim_end())
 }
 
 /// What the hidden `--generate` flag of every tool writes: a man page
@@ -517,4 +561,79 @@ pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s:?}: must be between 0.001 and 31536000 seconds"));
     }
     Ok(std::time::Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Tool {
+        #[command(flatten)]
+        common: Common,
+    }
+
+    /// The line a usage error prints, checked to be one (exit code 2).
+    #[track_caller]
+    fn usage_error(args: &[&str]) -> String {
+        let argv = std::iter::once("tool").chain(args.iter().copied());
+        let e = Tool::try_parse_from(argv).expect_err("a usage error");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "exit code 2, not help: {e}");
+        let line = usage_line(&e);
+        assert!(line.starts_with("error: ") && line.ends_with(" (see --help)"), "{line}");
+        line
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_credentials() {
+        for (args, secret) in [
+            (["--store", "webdav://user:pass@127.0.0.1/x"], "pass"),
+            (["--store", "webdav://user:pa/ss@127.0.0.1/x"], "pa/ss"),
+            (["--store", "webdavs://user:pa?ss@127.0.0.1/x"], "pa?ss"),
+            (["--store", "s3://user:secretkey@bucket/x"], "secretkey"),
+            (["--peer-outbox", "bob=http://user:hunter2@127.0.0.1/x"], "hunter2"),
+            (["--peer-outbox", "bob=http://user:hun/ter2@127.0.0.1/x"], "hun/ter2"),
+        ] {
+            let line = usage_error(&args);
+            assert!(!line.contains(secret) && !line.contains("user:"), "{args:?}: {line}");
+            assert!(line.starts_with(&format!("error: {}: ", args[0])), "{args:?}: {line}");
+            assert!(line.contains("://***@") && line.contains("not accepted"), "{args:?}: {line}");
+        }
+        let line = usage_error(&["--store", "webdav://user:pass@127.0.0.1/x"]);
+        assert_eq!(
+            line,
+            "error: --store: invalid store \"webdav://***@127.0.0.1/x\": credentials are not accepted on the \
+             command line; set DMP_STORE_USER and DMP_STORE_PASSWORD, or add the host to ~/.netrc (an '@' in a \
+             path is written %40) (see --help)"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_one_short_line_without_control_characters() {
+        let long = format!("webdav://h/{}?q", "a/".repeat(50_000));
+        let long_peer = format!("bob=http://h/{}?q", "a/".repeat(50_000));
+        for args in [
+            ["--store", long.as_str()],
+            ["--peer-outbox", long_peer.as_str()],
+            ["--peer-outbox", "bob=http://127.0.0.1/\x1b[2J"],
+            ["--store", "/tmp/\x1b]0;title\x07"],
+            ["--store", "webdav://127.0.0.1:0/x"],
+            ["--peer-outbox", "bob=http://127.0.0.1:0/x"],
+        ] {
+            let line = usage_error(&args);
+            assert!(line.len() < 600, "{} bytes: {}", line.len(), &line[..600.min(line.len())]);
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        assert!(usage_error(&["--store", "webdav://127.0.0.1:0/x"]).contains("port 0"));
+        assert!(usage_error(&["--peer-outbox", "bob=http://127.0.0.1/\x1b[2J"]).contains("control characters"));
+    }
+
+    #[test]
+    fn good_urls_still_parse() {
+        let t =
+            Tool::try_parse_from(["tool", "--store", "webdav://127.0.0.1:8080/dav", "--peer-outbox", "bob=http://h/b"])
+                .unwrap();
+        assert_eq!(t.common.store.unwrap().to_string(), "webdav://127.0.0.1:8080/dav/");
+        assert_eq!(t.common.peer_outbox[0].to_string(), "bob=http://h/b/");
+    }
 }

@@ -114,3 +114,27 @@ fn ping_server_json_prints_one_summary_object_at_exit() {
     assert_eq!(v["store_outages"], 0);
     assert!(v["seconds"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+#[test]
+fn a_bad_store_url_is_one_line_exit_2_and_never_shows_the_password() {
+    let sb = Sandbox::new();
+    for (args, env) in [
+        (vec!["--store", "webdav://user:hunter2@127.0.0.1/x"], None),
+        (vec!["--store", "webdav://user:hun/ter2@127.0.0.1/x"], None),
+        (vec!["--store", "s3://user:hunter2@bucket/x"], None),
+        (vec!["--peer-outbox", "bob=http://user:hunter2@127.0.0.1/x"], None),
+        (vec![], Some("webdav://user:hun?ter2@127.0.0.1/x")),
+        (vec!["--store", "webdav://127.0.0.1:0/x"], None),
+    ] {
+        let mut cmd = sb.command("dmp-ping-client", ["bob", "alice", "-c", "1"].iter().chain(&args));
+        if let Some(store) = env {
+            cmd.env("DMP_STORE", store);
+        }
+        let f = sb.spawn_command("dmp-ping-client", cmd).wait_for(TIMEOUT);
+        f.expect_code(2);
+        let lines = f.stderr_lines();
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].starts_with("error: --"), "{args:?}: {lines:?}");
+        assert!(!f.stderr.contains("hunter2") && !f.stderr.contains("ter2"), "{args:?}: {lines:?}");
+    }
+}

@@ -7,7 +7,7 @@
 //! `notify` crate (inotify, FSEvents, ...) and, because sync clients and
 //! network mounts do not always raise events, through a periodic rescan.
 
-use super::{Changes, Key, Store, StoreError};
+use super::{Changes, Key, Store, StoreError, op_on};
 use async_trait::async_trait;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -76,9 +76,11 @@ impl FolderStore {
     fn err(&self, op: &'static str, key: &Key, e: io::Error) -> StoreError {
         let store = self.describe();
         match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::Full { store, msg: format!("{op} {key}: {e}") },
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                StoreError::Full { store, msg: format!("{}: {e}", op_on(op, key.as_str())) }
+            }
             Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
-                StoreError::Denied { store, msg: format!("{op} {key}: {e}") }
+                StoreError::Denied { store, msg: format!("{}: {e}", op_on(op, key.as_str())) }
             }
             _ => StoreError::Io { store, op, key: key.to_string(), msg: e.to_string() },
         }

@@ -11,6 +11,7 @@
 //! there yet").
 
 use super::retry::{Failure, Http, HttpOptions, shown_url};
+use super::spec::shown_location;
 use super::{Changes, Key, Store, StoreError};
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url, header};
@@ -54,20 +55,24 @@ impl HttpStore {
 /// Checks an http(s) base URL and gives it a trailing slash, so that keys
 /// resolve below it.
 pub(crate) fn check_base(mut base: Url) -> Result<Url, StoreError> {
+    // Without credentials or query, quoted and cut short.
+    let shown = shown_location(&shown_url(&base));
     if !matches!(base.scheme(), "http" | "https") {
-        return Err(StoreError::BadSpec(format!("{:?}: not an http:// or https:// URL", base.as_str())));
+        return Err(StoreError::BadSpec(format!("{shown}: not an http:// or https:// URL")));
     }
     if base.host_str().is_none_or(str::is_empty) {
-        return Err(StoreError::BadSpec(format!("{:?}: no host", base.as_str())));
+        return Err(StoreError::BadSpec(format!("{shown}: no host")));
+    }
+    if base.port() == Some(0) {
+        return Err(StoreError::BadSpec(format!("{shown}: port 0 cannot be reached; give the server's port")));
     }
     if !base.username().is_empty() || base.password().is_some() {
         return Err(StoreError::BadSpec(format!(
-            "{}: credentials in the URL are not accepted (use DMP_STORE_USER and DMP_STORE_PASSWORD, or ~/.netrc)",
-            shown_url(&base)
+            "{shown}: credentials in the URL are not accepted (use DMP_STORE_USER and DMP_STORE_PASSWORD, or ~/.netrc)"
         )));
     }
     if base.query().is_some() || base.fragment().is_some() {
-        return Err(StoreError::BadSpec(format!("{}: a store URL takes no query or fragment", shown_url(&base))));
+        return Err(StoreError::BadSpec(format!("{shown}: a store URL takes no query or fragment")));
     }
     if !base.path().ends_with('/') {
         let p = format!("{}/", base.path());
@@ -101,20 +106,21 @@ impl Store for HttpStore {
         }
         let url = self.url(key);
         let http = &self.http;
+        let deadline = http.read_deadline(max_len);
         http.run("get", key, || {
             let url = url.clone();
             async move {
                 let resp = http
                     .send_read("get", key, url, |u| {
                         // Ask caches on the way to revalidate: a stale copy is at best "not yet".
-                        http.client.get(u).header(header::CACHE_CONTROL, "no-cache")
+                        http.client.get(u).header(header::CACHE_CONTROL, "no-cache").timeout(deadline)
                     })
                     .await?;
                 match resp.status() {
                     StatusCode::OK => {
                         let ct =
                             resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body = http.read_body("get", key, resp, max_len).await?;
+                        let body = http.read_body(key, resp, max_len).await?;
                         http.check_not_html(key, ct.as_deref(), &body)?;
                         Ok(Some(body))
                     }
@@ -140,5 +146,91 @@ impl Store for HttpStore {
 
     fn notifies(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake_http::{FakeServer, Reply, head, response};
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    fn key(s: &str) -> Key {
+        Key::new(s.split('/')).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dripping_read_hits_its_overall_deadline() {
+        // 100 bytes, one every 100 ms: never silent for long, 10 s in all.
+        let srv = FakeServer::start(|_, _| Reply::Drip {
+            head: head("200 OK", 100),
+            body: vec![b'x'; 100],
+            every: Duration::from_millis(100),
+        })
+        .await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_secs(5),
+            read_deadline_base: Duration::from_millis(500),
+            min_download_rate: 1 << 20,
+            retries: 0,
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let t = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(8), store.get(&key("m1"), 100)).await;
+        let e = got.expect("the read ends at its deadline, not when the server is done").unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn retrying_stops_after_retry_for_and_warns_while_waiting() {
+        // Accepts connections, never answers; then recovers.
+        let healthy = Arc::new(AtomicBool::new(false));
+        let h = healthy.clone();
+        let srv = FakeServer::start(move |_, _| {
+            if h.load(Ordering::SeqCst) { Reply::Now(response("200 OK", b"hello")) } else { Reply::Silence }
+        })
+        .await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_millis(200),
+            retries: 1000,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            retry_for: Duration::from_secs(1),
+            warn_after: Duration::from_millis(300),
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let t = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(10), store.get(&key("m1"), 100)).await;
+        let e = got.expect("gives up after retry_for, not after 1000 retries").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("timed out") && msg.contains("gave up after"), "{msg}");
+        assert!(t.elapsed() >= Duration::from_millis(800) && t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(store.http.has_warned(), "a warning was logged while waiting");
+        // Answering again clears it: the next outage is logged again.
+        healthy.store(true, Ordering::SeqCst);
+        assert_eq!(store.get(&key("m1"), 100).await.unwrap().as_deref(), Some(&b"hello"[..]));
+        assert!(!store.http.has_warned());
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_is_a_warning_before_it_fails() {
+        let srv = FakeServer::start(|_, _| Reply::Silence).await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_secs(5),
+            read_deadline_base: Duration::from_millis(700),
+            retries: 0,
+            warn_after: Duration::from_millis(200),
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let e = store.get(&key("m1"), 100).await.unwrap_err();
+        assert!(e.to_string().contains("gave up after 1 attempt in"), "{e}");
+        assert!(store.http.has_warned());
     }
 }

@@ -2,6 +2,8 @@
 //! and its adapters.
 
 pub mod contract;
+#[cfg(test)]
+mod fake_http;
 mod folder;
 #[cfg(target_os = "linux")]
 mod folder_watch;
@@ -117,7 +119,7 @@ pub fn is_valid_component(p: &str) -> bool {
 /// receive it as an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("{store}: {op} {key}: {msg}")]
+    #[error("{store}: {}: {msg}", op_on(op, key))]
     Io { store: String, op: &'static str, key: String, msg: String },
     #[error("{store}: {key} is {len} bytes, more than the {max} allowed")]
     TooLarge { store: String, key: String, len: u64, max: u64 },
@@ -144,9 +146,16 @@ pub enum StoreError {
     /// A redirect that was not followed: writes never follow one, reads
     /// only to the same host.
     #[error(
-        "{store}: {op} {key}: redirected to {location}; not followed (only reads follow redirects, and only on the same host)"
+        "{store}: {}: redirected to {location}; not followed (only reads follow redirects, and only on the same host)",
+        op_on(op, key)
     )]
     Redirected { store: String, op: &'static str, key: String, location: String },
+}
+
+/// `get a/b`, or `list` alone for the store's root (the empty key), for
+/// messages: never `list : ...`.
+pub(crate) fn op_on(op: &str, key: &str) -> String {
+    if key.is_empty() { op.to_owned() } else { format!("{op} {key}") }
 }
 
 impl StoreError {
@@ -341,6 +350,15 @@ mod tests {
         assert!(!set(&["c1/srv", "srv/key"]).touches(&k("srv/c1")));
         assert!(set(&[]).is_empty());
         assert!(ChangeSet { all: true, paths: Default::default() }.touches(&k("a/b")));
+    }
+
+    #[test]
+    fn errors_on_the_root_have_no_stray_space() {
+        let io = |key: &str| StoreError::Io { store: "s".into(), op: "list", key: key.into(), msg: "HTTP 503".into() };
+        assert_eq!(io("").to_string(), "s: list: HTTP 503");
+        assert_eq!(io("a/b").to_string(), "s: list a/b: HTTP 503");
+        let r = StoreError::Redirected { store: "s".into(), op: "list", key: String::new(), location: "l".into() };
+        assert!(r.to_string().starts_with("s: list: redirected to l;"), "{r}");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The HTTP plumbing shared by the remote stores: one pooled client,
-//! timeouts, retries with exponential back-off and jitter (honouring
-//! `Retry-After`), redirect policy, bounded body reads, and the mapping of
-//! HTTP failures to [`StoreError`].
+//! timeouts and an overall deadline per request, retries with exponential
+//! back-off and jitter (honouring `Retry-After`) bounded in attempts and in
+//! time, redirect policy, bounded body reads, and the mapping of HTTP
+//! failures to [`StoreError`].
 
-use super::{Key, StoreError};
+use super::{Key, StoreError, op_on};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url, header};
 use std::future::Future;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Timeouts and retry policy of a remote store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,9 +18,25 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// Longest silence allowed while reading a response.
     pub read_timeout: Duration,
+    /// Longest time a request without a body to upload may take in all,
+    /// from connecting to the end of the response body: this, plus the
+    /// largest body allowed at `min_download_rate` for a read (a GET of up
+    /// to `max_len` bytes, a listing). Without it a server that sends a
+    /// byte now and then holds a read open for hours.
+    pub read_deadline_base: Duration,
+    /// Slowest download rate tolerated by that deadline, in bytes per second.
+    pub min_download_rate: u64,
     /// Retries after the first attempt, for 5xx, 429, resets, timeouts and
     /// refused connections.
     pub retries: u32,
+    /// Time one operation may spend retrying: no retry starts once this
+    /// much has passed since its first attempt (or would have passed by the
+    /// end of the back-off delay).
+    pub retry_for: Duration,
+    /// A request still unanswered after this long (plus the time its upload
+    /// may take), or an operation still failing after it, is logged as a
+    /// warning, once until the store answers again.
+    pub warn_after: Duration,
     /// First back-off delay; doubled after each retry, with jitter.
     pub backoff_base: Duration,
     /// Ceiling of one back-off delay.
@@ -38,7 +56,11 @@ impl Default for HttpOptions {
         HttpOptions {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            read_deadline_base: Duration::from_secs(30),
+            min_download_rate: 64 * 1024,
             retries: 5,
+            retry_for: Duration::from_secs(60),
+            warn_after: Duration::from_secs(10),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             retry_after_max: Duration::from_secs(60),
@@ -51,6 +73,9 @@ impl Default for HttpOptions {
 
 /// Largest error body read to explain a failure.
 const ERROR_BODY_MAX: usize = 4096;
+
+/// Ceiling of any one request's deadline.
+const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 fn build_client(opts: &HttpOptions) -> Result<Client, String> {
     Client::builder()
@@ -115,47 +140,90 @@ pub(crate) struct Http {
     pub store: String,
     /// Appended to 401/403 errors: where credentials come from.
     pub denied_hint: &'static str,
+    /// Set once a slow or failing store was logged as a warning; cleared
+    /// when an operation succeeds again. Shared by the store's clones.
+    warned: Arc<AtomicBool>,
 }
 
 impl Http {
     pub fn new(store: String, opts: HttpOptions, denied_hint: &'static str) -> Result<Http, StoreError> {
         let client = shared_client(&opts)
             .map_err(|msg| StoreError::BadSpec(format!("{store}: cannot set up the HTTP client: {msg}")))?;
-        Ok(Http { client, opts, store, denied_hint })
+        Ok(Http { client, opts, store, denied_hint, warned: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries are
-    /// spent; sleeps with exponential back-off and jitter in between.
+    /// spent (`retries` more attempts, or `retry_for` of time); sleeps with
+    /// exponential back-off and jitter in between.
     pub async fn run<T, F, Fut>(&self, op: &'static str, key: &Key, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
+        let start = Instant::now();
         let mut n = 0u32;
-        loop {
+        let result = loop {
             match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
+                Ok(v) => break Ok(v),
+                Err(Failure::Fatal(e)) => break Err(e),
                 Err(Failure::Retry { msg, after, unreachable }) => {
-                    if n >= self.opts.retries {
+                    let delay = match after {
+                        Some(a) => a.min(self.opts.retry_after_max),
+                        None => backoff(&self.opts, n),
+                    };
+                    let spent = start.elapsed();
+                    if n >= self.opts.retries || spent + delay > self.opts.retry_for {
                         let tries = n + 1;
-                        let msg = format!("{msg} (gave up after {tries} attempt{})", if tries == 1 { "" } else { "s" });
-                        return Err(if unreachable {
+                        let msg = format!(
+                            "{msg} (gave up after {tries} attempt{} in {:.1} s)",
+                            if tries == 1 { "" } else { "s" },
+                            spent.as_secs_f64()
+                        );
+                        break Err(if unreachable {
                             StoreError::Unreachable { store: self.store.clone(), msg }
                         } else {
                             StoreError::Io { store: self.store.clone(), op, key: key.to_string(), msg }
                         });
                     }
-                    let delay = match after {
-                        Some(a) => a.min(self.opts.retry_after_max),
-                        None => backoff(&self.opts, n),
-                    };
+                    if spent >= self.opts.warn_after {
+                        self.warn_once(format_args!(
+                            "{}: {}: failing for {:.0} s ({msg}); retrying",
+                            self.store,
+                            op_on(op, key.as_str()),
+                            spent.as_secs_f64()
+                        ));
+                    }
                     tracing::debug!(store = %self.store, op, key = %key, "{msg}; retry {} in {delay:?}", n + 1);
                     tokio::time::sleep(delay).await;
                     n += 1;
                 }
             }
+        };
+        if result.is_ok() && self.warned.swap(false, Ordering::Relaxed) {
+            tracing::info!("{}: answering again", self.store);
         }
+        result
+    }
+
+    /// Logs a warning about this store unless one was logged since it last
+    /// answered.
+    fn warn_once(&self, msg: std::fmt::Arguments<'_>) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{msg}");
+        }
+    }
+
+    /// True once a warning was logged and the store has not answered since.
+    #[cfg(test)]
+    pub fn has_warned(&self) -> bool {
+        self.warned.load(Ordering::Relaxed)
+    }
+
+    /// The overall deadline of a read of at most `max_len` bytes: see
+    /// [`HttpOptions::read_deadline_base`].
+    pub fn read_deadline(&self, max_len: u64) -> Duration {
+        let secs = max_len / self.opts.min_download_rate.max(1);
+        (self.opts.read_deadline_base + Duration::from_secs(secs.min(DEADLINE_MAX.as_secs()))).min(DEADLINE_MAX)
     }
 
     /// Sends a request. Transport errors, 5xx (but 501 and 507) and 429 are
@@ -165,9 +233,33 @@ impl Http {
         self.check_retryable(resp).await
     }
 
-    /// Sends a request; only transport errors are failures.
+    /// Sends a request; only transport errors are failures. A request built
+    /// without a deadline gets `read_deadline_base` (reads and uploads set
+    /// their own, scaled to their size). One still unanswered after
+    /// `warn_after` plus its upload time is logged as a warning.
     pub async fn send_raw(&self, req: RequestBuilder) -> Result<Response, Failure> {
-        req.send().await.map_err(|e| self.transport_failure(&e))
+        let (client, req) = req.build_split();
+        let mut req = req.map_err(|e| self.transport_failure(&e))?;
+        if req.timeout().is_none() {
+            *req.timeout_mut() = Some(self.opts.read_deadline_base);
+        }
+        let upload = req.body().and_then(|b| b.as_bytes()).map_or(0, <[u8]>::len) as u64;
+        let patience = self.opts.warn_after + Duration::from_secs(upload / self.opts.min_upload_rate.max(1));
+        let what = format!("{} {}", req.method(), req.url().path());
+        let send = client.execute(req);
+        tokio::pin!(send);
+        let sent = tokio::select! {
+            r = &mut send => r,
+            () = tokio::time::sleep(patience) => {
+                self.warn_once(format_args!(
+                    "{}: no answer to {what} after {} s; still waiting",
+                    self.store,
+                    patience.as_secs()
+                ));
+                send.await
+            }
+        };
+        sent.map_err(|e| self.transport_failure(&e))
     }
 
     /// A retryable failure for 5xx (but 501, 505 and 507) and 429; any other
@@ -274,8 +366,7 @@ impl Http {
             };
         }
         let detail = error_detail(resp).await;
-        // "list: ..." rather than "list : ..." for the root.
-        let what = if key.is_root() { op.to_owned() } else { format!("{op} {key}") };
+        let what = op_on(op, key.as_str());
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Failure::Fatal(StoreError::Denied {
                 store: self.store.clone(),
@@ -296,13 +387,7 @@ impl Http {
 
     /// Reads a body of at most `max_len` bytes; stops reading as soon as it
     /// is known to be longer. A body cut short is retryable.
-    pub async fn read_body(
-        &self,
-        op: &'static str,
-        key: &Key,
-        mut resp: Response,
-        max_len: u64,
-    ) -> Result<Vec<u8>, Failure> {
+    pub async fn read_body(&self, key: &Key, mut resp: Response, max_len: u64) -> Result<Vec<u8>, Failure> {
         let too_large = |len: u64| {
             Failure::Fatal(StoreError::TooLarge { store: self.store.clone(), key: key.to_string(), len, max: max_len })
         };
@@ -326,11 +411,8 @@ impl Http {
                 Ok(None) => break,
                 Err(e) => {
                     return Err(Failure::Retry {
-                        msg: format!(
-                            "{op} {key}: body cut short after {} bytes: {}",
-                            buf.len(),
-                            error_chain(&e_without_url(&e))
-                        ),
+                        // The op and key are added by `run` (a StoreError::Io).
+                        msg: format!("body cut short after {} bytes: {}", buf.len(), error_chain(&e_without_url(&e))),
                         after: None,
                         unreachable: false,
                     });
@@ -340,7 +422,7 @@ impl Http {
         if let Some(len) = declared {
             if buf.len() as u64 != len {
                 return Err(Failure::Retry {
-                    msg: format!("{op} {key}: body of {} bytes, {len} announced", buf.len()),
+                    msg: format!("body of {} bytes, {len} announced", buf.len()),
                     after: None,
                     unreachable: false,
                 });
@@ -531,6 +613,14 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
         }
         assert!(backoff(&o, 40) <= o.backoff_max);
+    }
+
+    #[test]
+    fn read_deadlines_scale_with_the_size_allowed() {
+        let http = Http::new("s".into(), HttpOptions::default(), "").unwrap();
+        assert_eq!(http.read_deadline(0), Duration::from_secs(30));
+        assert_eq!(http.read_deadline(64 << 20), Duration::from_secs(30 + 1024));
+        assert_eq!(http.read_deadline(u64::MAX), DEADLINE_MAX);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`PeerOutbox`]) or from a peers file, `<config dir>/dmp/peers`, of
 //! `id = url` lines (TOML `id = "url"` works too).
 
+use super::spec::shown_location;
 use super::{Changes, DynStore, HttpStore, Key, Store, StoreError};
 use crate::id::{ID_RULE, PeerId};
 use async_trait::async_trait;
@@ -32,7 +33,8 @@ impl FromStr for PeerOutbox {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let Some((id, url)) = s.split_once('=') else {
             return Err(StoreError::BadSpec(format!(
-                "peer outbox {s:?}: expected ID=URL, as in alice=https://example.org/dmp/alice/"
+                "peer outbox {}: expected ID=URL, as in alice=https://example.org/dmp/alice/",
+                shown_location(s)
             )));
         };
         PeerOutbox::new(id.trim(), url.trim())
@@ -47,12 +49,24 @@ impl fmt::Display for PeerOutbox {
 
 impl PeerOutbox {
     pub fn new(id: &str, url: &str) -> Result<PeerOutbox, StoreError> {
-        let id = PeerId::new(id)
-            .map_err(|_| StoreError::BadSpec(format!("peer outbox: invalid peer id {id:?}: must be {ID_RULE}")))?;
-        let parsed = Url::parse(url).map_err(|e| StoreError::BadSpec(format!("peer outbox for {id}: {url:?}: {e}")))?;
+        let id = PeerId::new(id).map_err(|_| {
+            StoreError::BadSpec(format!("peer outbox: invalid peer id {}: must be {ID_RULE}", shown_location(id)))
+        })?;
+        let shown = shown_location(url);
+        if url.chars().any(char::is_control) {
+            return Err(StoreError::BadSpec(format!("peer outbox for {id}: {shown}: control characters in the URL")));
+        }
+        if url.split_once("://").is_some_and(|(_, rest)| rest.contains('@')) {
+            // Whatever comes before the '@' may be a password: never echoed.
+            return Err(StoreError::BadSpec(format!(
+                "peer outbox for {id}: {shown}: credentials in the URL are not accepted (the outbox must be \
+                 readable without them; an '@' in a path is written %40)"
+            )));
+        }
+        let parsed = Url::parse(url).map_err(|e| StoreError::BadSpec(format!("peer outbox for {id}: {shown}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(StoreError::BadSpec(format!(
-                "peer outbox for {id}: {url:?}: expected an http:// or https:// URL"
+                "peer outbox for {id}: {shown}: expected an http:// or https:// URL"
             )));
         }
         let url = super::http::check_base(parsed).map_err(|e| match e {
@@ -269,6 +283,38 @@ mod tests {
             "alice=not a url",
         ] {
             assert!(bad.parse::<PeerOutbox>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peer_outbox_errors_never_echo_credentials_and_are_short() {
+        for (bad, secret) in [
+            ("bob=http://user:hunter2@127.0.0.1/x", "hunter2"),
+            ("bob=https://user:hun/ter2@h/x", "hun/ter2"),
+            ("bob=http://user:hun?ter2@h/x", "hun?ter2"),
+            ("bob=http://user:hun#ter2@h/x", "hun#ter2"),
+            ("bob=ftp://user:hunter2@h/x", "hunter2"),
+        ] {
+            let e = bad.parse::<PeerOutbox>().expect_err(bad).to_string();
+            assert!(!e.contains(secret) && !e.contains("user:"), "{bad}: {e}");
+            assert!(e.contains("://***@") && e.contains("not accepted"), "{bad}: {e}");
+        }
+        let e = "bob=http://127.0.0.1/\x1b[31mred".parse::<PeerOutbox>().unwrap_err().to_string();
+        assert!(e.contains("control characters") && !e.contains('\x1b'), "{e}");
+        let e = "bob=http://127.0.0.1:0/x".parse::<PeerOutbox>().unwrap_err().to_string();
+        assert!(e.contains("port 0"), "{e}");
+        let long = "a/".repeat(50_000);
+        for bad in [
+            format!("bob=http://h/{long}?q"),
+            format!("bob=http://h/{long}#x"),
+            format!("bob=http://h:99999/{long}"),
+            format!("bob=ftp://h/{long}"),
+            format!("{}=http://h/", "B".repeat(100_000)),
+            "b".repeat(100_000),
+        ] {
+            let Err(e) = bad.parse::<PeerOutbox>() else { panic!("accepted {}", &bad[..20]) };
+            let e = e.to_string();
+            assert!(e.len() < 500 && e.contains('…'), "{} bytes: {}", e.len(), &e[..500.min(e.len())]);
         }
     }
 

@@ -291,7 +291,7 @@ impl S3Store {
             }
             return (None, self.http.unexpected(op, key, resp).await);
         }
-        let body = self.http.read_body(op, key, resp, 64 * 1024).await.unwrap_or_default();
+        let body = self.http.read_body(key, resp, 64 * 1024).await.unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         let code = xml_text(&text, "Code");
         let detail = super::retry::detail_of(Some("application/xml"), &body);
@@ -383,16 +383,17 @@ impl Store for S3Store {
         }
         let object = self.object(key);
         let http = &self.http;
+        let deadline = http.read_deadline(max_len);
         http.run("get", key, || {
             let url = GetObject::new(&self.bucket, self.creds.as_ref(), &object).sign(SIGN_FOR);
             async move {
                 // A presigned URL cannot follow a redirect: send() does not.
-                let resp = http.send(http.client.get(url)).await?;
+                let resp = http.send(http.client.get(url).timeout(deadline)).await?;
                 match resp.status() {
                     StatusCode::OK => {
                         let ct =
                             resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body = http.read_body("get", key, resp, max_len).await?;
+                        let body = http.read_body(key, resp, max_len).await?;
                         http.check_not_html(key, ct.as_deref(), &body)?;
                         Ok(Some(body))
                     }
@@ -439,6 +440,7 @@ impl Store for S3Store {
     async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
         let dir = if prefix.is_root() { self.prefix.clone() } else { format!("{}{}/", self.prefix, prefix.as_str()) };
         let http = &self.http;
+        let deadline = http.read_deadline(LIST_PAGE_MAX);
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..LIST_PAGES_MAX {
@@ -452,10 +454,10 @@ impl Store for S3Store {
                     }
                     let url = action.sign(SIGN_FOR);
                     async move {
-                        let resp = http.send(http.client.get(url)).await?;
+                        let resp = http.send(http.client.get(url).timeout(deadline)).await?;
                         match resp.status() {
                             StatusCode::OK => {
-                                let body = http.read_body("list", prefix, resp, LIST_PAGE_MAX).await?;
+                                let body = http.read_body(prefix, resp, LIST_PAGE_MAX).await?;
                                 ListObjectsV2::parse_response(&body).map_err(|e| {
                                     http.fatal_io("list", prefix, format!("bad ListObjectsV2 answer: {e}"))
                                 })

@@ -39,34 +39,48 @@ impl FromStr for StoreSpec {
         if s.is_empty() {
             return Err(StoreError::BadSpec("\"\": empty store location".into()));
         }
+        let shown = shown_location(s);
         if s.chars().any(|c| c.is_control()) {
-            return Err(StoreError::BadSpec(format!("{s:?}: control characters in store location")));
+            return Err(StoreError::BadSpec(format!("{shown}: control characters in store location")));
         }
         if let Some(rest) = s.strip_prefix("file://") {
             // file:///abs/path or file://localhost/abs/path
             let path = rest.strip_prefix("localhost").unwrap_or(rest);
             if !path.starts_with('/') {
                 return Err(StoreError::BadSpec(format!(
-                    "{s:?}: a file URL needs an absolute path, as in file:///srv/dmp"
+                    "{shown}: a file URL needs an absolute path, as in file:///srv/dmp"
                 )));
             }
             return Ok(StoreSpec::Folder(PathBuf::from(percent_decode(path)?)));
         }
         if let Some((scheme, rest)) = s.split_once("://") {
-            match scheme.to_ascii_lowercase().as_str() {
+            let scheme = scheme.to_ascii_lowercase();
+            if rest.contains('@') {
+                // Whatever comes before the '@' may be a password: never echoed.
+                let from = match scheme.as_str() {
+                    "s3" => "the keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    _ => "set DMP_STORE_USER and DMP_STORE_PASSWORD, or add the host to ~/.netrc",
+                };
+                return Err(StoreError::BadSpec(format!(
+                    "{shown}: credentials are not accepted on the command line; {from} \
+                     (an '@' in a path is written %40)"
+                )));
+            }
+            match scheme.as_str() {
                 "webdav" => return parse_webdav(s, "http", rest),
                 "webdavs" => return parse_webdav(s, "https", rest),
                 "s3" => return parse_s3(s, rest),
                 "http" | "https" => {
                     return Err(StoreError::BadSpec(format!(
-                        "{s:?}: a plain http(s) URL is read-only; use webdav://... or webdavs://... for a WebDAV \
+                        "{shown}: a plain http(s) URL is read-only; use webdav://... or webdavs://... for a WebDAV \
                          store, or --peer-outbox ID=URL to read a peer's outbox over HTTP"
                     )));
                 }
                 _ => {
                     return Err(StoreError::BadSpec(format!(
-                        "{s:?}: unsupported scheme {scheme:?} (supported: a path, file:///path, \
-                         webdav://host[:port]/path, webdavs://host[:port]/path, s3://bucket/prefix)"
+                        "{shown}: unsupported scheme {} (supported: a path, file:///path, \
+                         webdav://host[:port]/path, webdavs://host[:port]/path, s3://bucket/prefix)",
+                        shown_location(&scheme)
                     )));
                 }
             }
@@ -77,23 +91,20 @@ impl FromStr for StoreSpec {
 
 /// `webdav[s]://host[:port]/path` as the `http[s]://` URL of the collection.
 fn parse_webdav(s: &str, scheme: &str, rest: &str) -> Result<StoreSpec, StoreError> {
+    let shown = shown_location(s);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() {
-        return Err(StoreError::BadSpec(format!("{s:?}: no host, expected webdav://host[:port]/path")));
+        return Err(StoreError::BadSpec(format!("{shown}: no host, expected webdav://host[:port]/path")));
     }
-    if authority.contains('@') {
-        return Err(StoreError::BadSpec(format!(
-            "{}: credentials are not accepted on the command line; set DMP_STORE_USER and \
-             DMP_STORE_PASSWORD, or add the host to ~/.netrc",
-            s.split_once("://").map(|(sc, _)| sc).unwrap_or("webdav")
-        )));
-    }
-    let url = Url::parse(&format!("{scheme}://{rest}")).map_err(|e| StoreError::BadSpec(format!("{s:?}: {e}")))?;
+    let url = Url::parse(&format!("{scheme}://{rest}")).map_err(|e| StoreError::BadSpec(format!("{shown}: {e}")))?;
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(StoreError::BadSpec(format!("{s:?}: no host, expected webdav://host[:port]/path")));
+        return Err(StoreError::BadSpec(format!("{shown}: no host, expected webdav://host[:port]/path")));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(StoreError::BadSpec(format!("{s:?}: a store URL takes no query or fragment")));
+        return Err(StoreError::BadSpec(format!("{shown}: a store URL takes no query or fragment")));
+    }
+    if url.port() == Some(0) {
+        return Err(StoreError::BadSpec(format!("{shown}: port 0 cannot be reached; give the server's port")));
     }
     let url = super::http::check_base(url)?;
     Ok(StoreSpec::WebDav(url))
@@ -101,6 +112,7 @@ fn parse_webdav(s: &str, scheme: &str, rest: &str) -> Result<StoreSpec, StoreErr
 
 /// `s3://bucket[/prefix]`.
 fn parse_s3(s: &str, rest: &str) -> Result<StoreSpec, StoreError> {
+    let shown = shown_location(s);
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.contains('@') || bucket.contains(':') {
         // Not echoed: it may hold a key.
@@ -117,7 +129,8 @@ fn parse_s3(s: &str, rest: &str) -> Result<StoreSpec, StoreError> {
         && !bucket.ends_with(['.', '-']);
     if !ok_bucket {
         return Err(StoreError::BadSpec(format!(
-            "{s:?}: invalid bucket name {bucket:?} (3 to 63 lower-case letters, digits, '.' and '-')"
+            "{shown}: invalid bucket name {} (3 to 63 lower-case letters, digits, '.' and '-')",
+            shown_location(bucket)
         )));
     }
     let ok_prefix = prefix.is_empty()
@@ -129,13 +142,15 @@ fn parse_s3(s: &str, rest: &str) -> Result<StoreSpec, StoreError> {
         });
     if !ok_prefix {
         return Err(StoreError::BadSpec(format!(
-            "{s:?}: invalid prefix {prefix:?} ('/'-separated segments of letters, digits, '.', '_' and '-')"
+            "{shown}: invalid prefix {} ('/'-separated segments of letters, digits, '.', '_' and '-')",
+            shown_location(prefix)
         )));
     }
     Ok(StoreSpec::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
 }
 
 fn percent_decode(s: &str) -> Result<String, StoreError> {
+    let shown = shown_location(s);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -148,13 +163,30 @@ fn percent_decode(s: &str) -> Result<String, StoreError> {
                     i += 3;
                     continue;
                 }
-                None => return Err(StoreError::BadSpec(format!("{s:?}: bad percent escape"))),
+                None => return Err(StoreError::BadSpec(format!("{shown}: bad percent escape"))),
             }
         }
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| StoreError::BadSpec(format!("{s:?}: not UTF-8 after decoding")))
+    String::from_utf8(out).map_err(|_| StoreError::BadSpec(format!("{shown}: not UTF-8 after decoding")))
+}
+
+/// Longest location echoed in an error, in characters.
+const SHOWN_MAX: usize = 200;
+
+/// A store location or URL as given, for an error message: quoted, with
+/// control characters escaped, cut to 200 characters, and with whatever
+/// lies between `://` and the last `@` (user and password, or anything a
+/// password with a `/`, `?` or `#` in it makes look like a path) replaced
+/// by `***`.
+pub(crate) fn shown_location(s: &str) -> String {
+    let s = match (s.find("://"), s.rfind('@')) {
+        (Some(i), Some(j)) if j >= i + 3 => format!("{}***{}", &s[..i + 3], &s[j..]),
+        _ => s.to_owned(),
+    };
+    let cut: String = s.chars().take(SHOWN_MAX).collect();
+    if cut.len() < s.len() { format!("{:?}", format!("{cut}…")) } else { format!("{cut:?}") }
 }
 
 fn expand_tilde(s: &str) -> PathBuf {
@@ -312,6 +344,57 @@ mod tests {
         }
         let e = "https://h/x".parse::<StoreSpec>().unwrap_err().to_string();
         assert!(e.contains("--peer-outbox"), "{e}");
+    }
+
+    #[test]
+    fn errors_never_echo_credentials() {
+        for (bad, secret) in [
+            ("webdav://user:pass@127.0.0.1/x", "pass"),
+            ("webdav://user:pa/ss@127.0.0.1/x", "pa/ss"),
+            ("webdavs://user:pa?ss@h/x", "pa?ss"),
+            ("webdav://user:pa#ss@h/x", "pa#ss"),
+            ("webdav://h/x?token=user:pa@ss", "pa@ss"),
+            ("s3://user:secretkey@bucket/x", "secretkey"),
+            ("http://user:hunter2@h/x", "hunter2"),
+            ("gopher://user:hunter2@h/x", "hunter2"),
+        ] {
+            let e = bad.parse::<StoreSpec>().expect_err(bad).to_string();
+            assert!(!e.contains(secret) && !e.contains("user:"), "{bad}: {e}");
+            assert!(e.contains("://***@") && e.contains("not accepted"), "{bad}: {e}");
+        }
+        let e = "webdav://user:pa/ss@127.0.0.1/x".parse::<StoreSpec>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid store \"webdav://***@127.0.0.1/x\": credentials are not accepted on the command line; set \
+             DMP_STORE_USER and DMP_STORE_PASSWORD, or add the host to ~/.netrc (an '@' in a path is written %40)"
+        );
+    }
+
+    #[test]
+    fn errors_echo_at_most_200_characters() {
+        let long = "a/".repeat(50_000);
+        for bad in [
+            format!("webdav://h/{long}?q"),
+            format!("webdav://h:99999/{long}"),
+            format!("s3://bucket/{long} b"),
+            format!("s3://B{long}"),
+            format!("{long}://h/x"),
+            format!("file://{long}"),
+            format!("/{long}\x1b"),
+        ] {
+            let e = bad.parse::<StoreSpec>().expect_err("bad").to_string();
+            assert!(e.len() < 600 && e.contains('…'), "{} bytes: {}", e.len(), &e[..600.min(e.len())]);
+        }
+        assert_eq!(shown_location("webdav://h/x"), "\"webdav://h/x\"");
+        assert_eq!(shown_location("a\x1bb"), "\"a\\u{1b}b\"");
+    }
+
+    #[test]
+    fn port_0_is_refused() {
+        for bad in ["webdav://127.0.0.1:0/x", "webdavs://h:0/"] {
+            let e = bad.parse::<StoreSpec>().expect_err(bad).to_string();
+            assert!(e.contains("port 0"), "{e}");
+        }
     }
 
     #[test]

@@ -22,6 +22,13 @@ use std::path::{Path, PathBuf};
 /// Largest PROPFIND answer read (a listing of many thousand names).
 const LIST_MAX: u64 = 64 << 20;
 
+/// Deepest chain of missing collections created for one put.
+const MKCOL_DEPTH: usize = 64;
+
+/// MKCOL requests of one put at most: each collection is asked at most
+/// twice (before and after its parent), and never more than this.
+const MKCOL_MAX: usize = 2 * MKCOL_DEPTH + 1;
+
 const PROPFIND_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>
 "#;
@@ -178,19 +185,47 @@ impl WebDavStore {
     /// Creates the collection at `dir_url` (ending with `/`) and, when the
     /// server says its parent is missing, the parents first, up to `base`'s
     /// host root.
+    ///
+    /// A collection still answered 409 or 404 once its parent was created
+    /// or found to exist cannot be made (a file stands in the way, as a
+    /// plain file `alice` does for `alice/bob/`): that is an error at once,
+    /// for the caller to retry with its own back-off, never a loop.
     async fn mkcol_all(&self, key: &Key, dir_url: &Url) -> Result<(), Failure> {
         // Collections to create, deepest first; stop climbing at the first that exists.
         let mut pending: Vec<Url> = vec![dir_url.clone()];
+        // True when the parent of the last of `pending` was just created or found.
+        let mut parent_there = false;
+        let mut requests = 0;
         while let Some(url) = pending.last().cloned() {
+            requests += 1;
+            if requests > MKCOL_MAX {
+                return Err(self.http.fatal_io(
+                    "mkcol",
+                    key,
+                    format!("cannot create {}: more than {MKCOL_MAX} MKCOL requests", url.path()),
+                ));
+            }
             let resp = self.http.send(self.request(Method::from_bytes(b"MKCOL").expect("method"), url.clone())).await?;
             match resp.status() {
                 // Created, or already there (405: MKCOL on an existing resource).
                 StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::METHOD_NOT_ALLOWED => {
                     pending.pop();
+                    parent_there = true;
+                }
+                s @ (StatusCode::CONFLICT | StatusCode::NOT_FOUND) if parent_there => {
+                    return Err(self.http.fatal_io(
+                        "mkcol",
+                        key,
+                        format!(
+                            "cannot create {}: the server answers {} though its parent exists (a file in the way?)",
+                            url.path(),
+                            s.as_u16()
+                        ),
+                    ));
                 }
                 // The parent is missing too.
                 StatusCode::CONFLICT | StatusCode::NOT_FOUND => match parent_collection(&url) {
-                    Some(p) if pending.len() < 64 => pending.push(p),
+                    Some(p) if pending.len() < MKCOL_DEPTH => pending.push(p),
                     _ => return Err(self.http.fatal_io("mkcol", key, format!("cannot create {}", url.path()))),
                 },
                 _ => return Err(self.http.unexpected("mkcol", key, resp).await),
@@ -259,6 +294,9 @@ pub(crate) fn parse_multistatus(xml: &[u8], dir_path: &str) -> Result<Vec<String
     }
     let dir = dir_path.trim_end_matches('/');
     let mut names = Vec::new();
+    // A server may list a member twice (as `x` and `x/`, or under two
+    // bases); a listing has hundreds of thousands of names at most.
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for href in hrefs {
         let href = href.trim();
         // An absolute URL: keep its path.
@@ -283,7 +321,7 @@ pub(crate) fn parse_multistatus(xml: &[u8], dir_path: &str) -> Result<Vec<String
                 _ => continue,
             },
         };
-        if !name.contains('/') && is_valid_component(name) && !names.iter().any(|n| n == name) {
+        if !name.contains('/') && is_valid_component(name) && seen.insert(name.to_owned()) {
             names.push(name.to_owned());
         }
     }
@@ -351,15 +389,16 @@ impl Store for WebDavStore {
         }
         let url = key_url(&self.base, key);
         let http = &self.http;
+        let deadline = http.read_deadline(max_len);
         http.run("get", key, || {
             let url = url.clone();
             async move {
-                let resp = http.send_read("get", key, url, |u| self.request(Method::GET, u)).await?;
+                let resp = http.send_read("get", key, url, |u| self.request(Method::GET, u).timeout(deadline)).await?;
                 match resp.status() {
                     StatusCode::OK => {
                         let ct =
                             resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body = http.read_body("get", key, resp, max_len).await?;
+                        let body = http.read_body(key, resp, max_len).await?;
                         http.check_not_html(key, ct.as_deref(), &body)?;
                         Ok(Some(body))
                     }
@@ -403,6 +442,7 @@ impl Store for WebDavStore {
         };
         let dir_path = percent_decode_str(url.path()).decode_utf8_lossy().into_owned();
         let http = &self.http;
+        let deadline = http.read_deadline(LIST_MAX);
         http.run("list", prefix, || {
             let url = url.clone();
             let dir_path = dir_path.clone();
@@ -411,11 +451,12 @@ impl Store for WebDavStore {
                     .request(Method::from_bytes(b"PROPFIND").expect("method"), url)
                     .header("Depth", "1")
                     .header(header::CONTENT_TYPE, "application/xml; charset=utf-8")
+                    .timeout(deadline)
                     .body(PROPFIND_BODY);
                 let resp = http.send(req).await?;
                 match resp.status() {
                     StatusCode::MULTI_STATUS => {
-                        let body = http.read_body("list", prefix, resp, LIST_MAX).await?;
+                        let body = http.read_body(prefix, resp, LIST_MAX).await?;
                         parse_multistatus(&body, &dir_path).map_err(|msg| http.fatal_io("list", prefix, msg))
                     }
                     StatusCode::NOT_FOUND => Ok(Vec::new()),
@@ -437,7 +478,103 @@ impl Store for WebDavStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake_http::{FakeServer, Reply, response};
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn fast() -> HttpOptions {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            retries: 2,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            ..HttpOptions::default()
+        }
+    }
+
+    fn key(s: &str) -> Key {
+        Key::new(s.split('/')).unwrap()
+    }
+
+    /// A put below `/dmp/alice/` where `/dmp/alice` is a plain file: MKCOL
+    /// of `alice/bob/` answers 409 (no parent) and MKCOL of `alice/`
+    /// answers `parent` (405 as RFC 4918 says for an existing
+    /// non-collection, or 201 from a sloppy server).
+    async fn put_below_a_file(parent: &'static str) -> (StoreError, Vec<(String, String)>) {
+        let srv = FakeServer::start(move |method, path| {
+            let status = match (method, path) {
+                ("PUT", _) => "409 Conflict",
+                ("MKCOL", "/dmp/alice/bob/") => "409 Conflict",
+                ("MKCOL", "/dmp/alice/") => parent,
+                _ => "500 Internal Server Error",
+            };
+            Reply::Now(response(status, b""))
+        })
+        .await;
+        let store = WebDavStore::with_options(srv.url("/dmp/"), None, fast()).unwrap();
+        let k = key("alice/bob/x");
+        let put = store.put(&k, b"x");
+        let e = tokio::time::timeout(Duration::from_secs(20), put).await.expect("no MKCOL loop").unwrap_err();
+        (e, srv.seen())
+    }
+
+    #[tokio::test]
+    async fn mkcol_below_a_file_is_an_error_not_a_loop() {
+        for parent in ["405 Method Not Allowed", "201 Created"] {
+            let (e, seen) = put_below_a_file(parent).await;
+            let msg = e.to_string();
+            assert!(
+                msg.contains(
+                    "cannot create /dmp/alice/bob/: the server answers 409 though its parent exists (a file in the way?)"
+                ),
+                "{parent}: {msg}"
+            );
+            assert!(e.is_transient(), "the caller retries with its own back-off: {e:?}");
+            let mkcols = seen.iter().filter(|(m, _)| m == "MKCOL").count();
+            assert_eq!(mkcols, 3, "{parent}: bob, alice, bob again: {seen:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn mkcol_creates_missing_parents_then_puts() {
+        let made = Arc::new(Mutex::new(vec!["/dmp/".to_owned()]));
+        let m = made.clone();
+        let srv = FakeServer::start(move |method, path| {
+            let mut made = m.lock().unwrap();
+            let parent = |p: &str| format!("{}/", p.trim_end_matches('/').rsplit_once('/').unwrap().0);
+            let status = match method {
+                "PUT" if made.contains(&parent(path)) => "201 Created",
+                "PUT" => "409 Conflict",
+                "MKCOL" if made.iter().any(|d| d == path) => "405 Method Not Allowed",
+                "MKCOL" if made.contains(&parent(path)) => {
+                    made.push(path.to_owned());
+                    "201 Created"
+                }
+                "MKCOL" => "409 Conflict",
+                _ => "500 Internal Server Error",
+            };
+            Reply::Now(response(status, b""))
+        })
+        .await;
+        let store = WebDavStore::with_options(srv.url("/dmp/"), None, fast()).unwrap();
+        store.put(&key("a/b/c/x"), b"x").await.unwrap();
+        assert_eq!(made.lock().unwrap()[1..], ["/dmp/a/", "/dmp/a/b/", "/dmp/a/b/c/"]);
+        let seen: Vec<String> = srv.seen().into_iter().map(|(m, p)| format!("{m} {p}")).collect();
+        assert_eq!(
+            seen,
+            [
+                "PUT /dmp/a/b/c/x",
+                "MKCOL /dmp/a/b/c/",
+                "MKCOL /dmp/a/b/",
+                "MKCOL /dmp/a/",
+                "MKCOL /dmp/a/b/",
+                "MKCOL /dmp/a/b/c/",
+                "PUT /dmp/a/b/c/x"
+            ]
+        );
+    }
 
     #[test]
     fn parses_nginx_and_apache_multistatus() {
@@ -461,6 +598,24 @@ mod tests {
 
         assert!(parse_multistatus(b"<a><b></a>", "/").is_err());
         assert!(parse_multistatus(b"", "/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn dedupes_a_large_listing_in_order() {
+        // 200k members, each listed twice (as a file and as a collection):
+        // comparing every name with every earlier one took minutes.
+        let n = 200_000;
+        let mut xml = String::from(r#"<?xml version="1.0"?><D:multistatus xmlns:D="DAV:">"#);
+        xml.push_str("<D:response><D:href>/d/</D:href></D:response>");
+        for pass in ["", "/"] {
+            for i in 0..n {
+                xml.push_str(&format!("<D:response><D:href>/d/m{i:06}{pass}</D:href></D:response>"));
+            }
+        }
+        xml.push_str("</D:multistatus>");
+        let names = parse_multistatus(xml.as_bytes(), "/d/").unwrap();
+        assert_eq!(names.len(), n);
+        assert!(names.iter().enumerate().all(|(i, m)| *m == format!("m{i:06}")), "listing order kept");
     }
 
     #[test]
