@@ -191,8 +191,17 @@ impl Common {
         let main = spec.open()?;
         let store: DynStore =
             if outboxes.is_empty() { main } else { Arc::new(RoutedStore::with_outboxes(main, &outboxes)?) };
-        // The error names the store (every StoreError does).
-        store.list(&dmp_core::store::Key::root()).await?;
+        // The error names the store (every StoreError does). A store that
+        // does not answer is retried for up to a minute: Ctrl-C is heard
+        // meanwhile (exit 130, nothing was done yet).
+        let root = dmp_core::store::Key::root();
+        tokio::select! {
+            r = store.list(&root) => r?,
+            () = shutdown_signal() => {
+                eprintln!("interrupted while waiting for {}", store.describe());
+                std::process::exit(130);
+            }
+        };
         Ok((spec, store))
     }
 }

@@ -138,3 +138,30 @@ fn a_bad_store_url_is_one_line_exit_2_and_never_shows_the_password() {
         assert!(!f.stderr.contains("hunter2") && !f.stderr.contains("ter2"), "{args:?}: {lines:?}");
     }
 }
+
+/// A store on a host that accepts and never answers: the start-up check is
+/// retried for up to a minute, and Ctrl-C is heard meanwhile (exit 130 at
+/// once; before, after the whole minute, exit 2).
+#[test]
+fn ctrl_c_is_heard_while_the_store_does_not_answer() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = format!("webdav://127.0.0.1:{}/dmp", l.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            held.push(s);
+        }
+    });
+    let sb = Sandbox::new();
+    for (tool, args) in [("dftp-send", vec!["bob", "alice", "/etc/hostname"]), ("dmp-ping-server", vec!["bob"])] {
+        let mut args = args;
+        args.extend(["--store", store.as_str()]);
+        let mut p = sb.spawn(tool, &args);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let t = std::time::Instant::now();
+        p.signal("INT");
+        let f = p.wait_for(TIMEOUT);
+        assert_eq!(f.code, Some(130), "{tool}: {}", f.describe());
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{tool}: Ctrl-C heard after {:?}", t.elapsed());
+    }
+}
