@@ -2,7 +2,7 @@
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
 use super::security::{PeerKey, Security};
-use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
+use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
 use crate::proto::dftp::{
@@ -184,6 +184,7 @@ pub async fn send_file(
     let mut finished_early = Vec::new();
     m.wake(clock.now());
     let mut peer_key = PeerKey::default();
+    let mut outage = Outage::default();
     let outcome = loop {
         let mut ended = None;
         if opts.security.is_some() {
@@ -194,6 +195,7 @@ pub async fn send_file(
         // `Persist` precedes every later output.
         loop {
             for res in finished_early.drain(..) {
+                outage.observe(clock.now(), &res);
                 m.on_result(clock.now(), res);
             }
             let outs = m.take_outputs();
@@ -234,7 +236,7 @@ pub async fn send_file(
                         tracing::debug!("not yet usable: {key}: {reason}");
                         peer_key.rejected(clock.now(), &reason);
                     }
-                    SendOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
+                    SendOut::StoreError(e) => tracing::debug!("{e} (retrying)"),
                 }
             }
         }
@@ -255,7 +257,10 @@ pub async fn send_file(
         }
         let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
-            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Done(res) => {
+                outage.observe(clock.now(), &res);
+                m.on_result(clock.now(), res)
+            }
             Woke::Key(k) => {
                 let Some(sec) = &opts.security else { continue };
                 match peer_key.looked(sec, k, clock.now(), &mut on_key) {
@@ -279,6 +284,7 @@ pub async fn send_file(
         let until = clock.now() + SETTLE;
         // Answers the loop above collected and did not feed back.
         for res in finished_early.drain(..) {
+            outage.observe(clock.now(), &res);
             m.on_result(clock.now(), res);
         }
         while !m.link().all_written() && clock.now() < until {
@@ -288,7 +294,10 @@ pub async fn send_file(
                 }
             }
             match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
-                Woke::Done(res) => m.on_result(clock.now(), res),
+                Woke::Done(res) => {
+                    outage.observe(clock.now(), &res);
+                    m.on_result(clock.now(), res)
+                }
                 Woke::Wake | Woke::Key(_) => {}
                 Woke::Shutdown => break,
             }
@@ -715,6 +724,7 @@ pub async fn receive_file(
     let mut finished_early = Vec::new();
     m.wake(clock.now());
     let mut peer_key = PeerKey::default();
+    let mut outage = Outage::default();
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
         if opts.security.is_some() {
@@ -723,6 +733,7 @@ pub async fn receive_file(
         // As in `send_file`: store operations queued, the rest done in order.
         loop {
             for res in finished_early.drain(..) {
+                outage.observe(clock.now(), &res);
                 m.on_result(clock.now(), res);
             }
             let outs = m.take_outputs();
@@ -783,7 +794,7 @@ pub async fn receive_file(
                         tracing::debug!("not yet usable: {key}: {reason}");
                         peer_key.rejected(clock.now(), &reason);
                     }
-                    RecvOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
+                    RecvOut::StoreError(e) => tracing::debug!("{e} (retrying)"),
                 }
             }
         }
@@ -824,7 +835,10 @@ pub async fn receive_file(
             }
         };
         match woke {
-            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Done(res) => {
+                outage.observe(clock.now(), &res);
+                m.on_result(clock.now(), res)
+            }
             Woke::Key(k) => {
                 let Some(sec) = &opts.security else { continue };
                 match peer_key.looked(sec, k, clock.now(), &mut on_key) {
