@@ -457,6 +457,13 @@ fn altered_chunk_is_never_written() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
+    // One warning, naming the object in the store, at its 5th failure.
+    let key = format!("alice/bob/{}", victim.file_name().expect("name").to_string_lossy());
+    let warned: Vec<String> =
+        recv.stderr_so_far().lines().filter(|l| l.contains("WARN") && l.contains(&key)).map(str::to_owned).collect();
+    assert_eq!(warned.len(), 1, "one warning for chunk {index}: {warned:?}\n{}", recv.stderr_so_far());
+    assert!(warned[0].contains("failed verification 5 times"), "{}", warned[0]);
+
     // Repaired in place (as a late sync would), the transfer completes.
     let f = std::fs::OpenOptions::new().write(true).open(&victim).expect("open chunk");
     f.write_all_at(&original, 0).expect("restore chunk");
@@ -809,4 +816,100 @@ fn usage_errors_exit_2_with_one_line() {
     }
     assert_eq!(entries(&s.dir), Vec::<String>::new());
     assert_store_clean(sb);
+}
+
+// ---------------------------------------------------------------------------
+// A receiver that gives up tells the sender
+
+/// The sender freezes mid-transfer: the receiver's `--timeout` runs out,
+/// its error names what it waited for, it tells the sender (an abort that
+/// is not resumable) and leaves nothing in DIR; the sender, thawed, says in
+/// one line that bob gave up and why, exits 1 and cleans up.
+#[test]
+fn a_receiver_that_times_out_tells_the_sender_why() {
+    let s = setup("a_receiver_that_times_out_tells_the_sender_why", "data.bin", 32 * MIB);
+    let mut send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2"]);
+    let recv = spawn_recv(&s.sb, &s.dir, &["--timeout", "2"]);
+    wait_part(&s, MIB);
+    send.signal("STOP");
+    let r = recv.wait();
+    send.signal("CONT");
+    r.expect_code(1);
+    let err = r.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(
+        err.starts_with("error: timed out: no progress from alice for 2 s, waiting for chunk "),
+        "the timeout names its cause\n{}",
+        r.describe()
+    );
+    let snd = send.wait();
+    snd.expect_code(1);
+    let told: Vec<&str> = snd.stderr_lines().into_iter().filter(|l| l.contains("gave up")).collect();
+    assert_eq!(told.len(), 1, "one line\n{}", snd.describe());
+    assert!(
+        told[0].starts_with("error: bob gave up on the transfer: no progress for 2 s, waiting for chunk "),
+        "{}",
+        snd.describe()
+    );
+    assert_eq!(entries(&s.dir), Vec::<String>::new(), "the partial file is removed");
+    assert!(files_under(&s.sb.outbox(SENDER, RECEIVER)).is_empty(), "the sender cleaned up");
+    assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
+/// A receiver restarted after its partial file was deleted cannot resume:
+/// it says so, tells the sender, and never writes a file with a hole.
+#[test]
+fn a_resumed_receiver_without_its_partial_file_gives_up() {
+    let s = setup("a_resumed_receiver_without_its_partial_file_gives_up", "big.bin", CRASH_SIZE);
+    let send = spawn_send(&s.sb, &s.src, &["-b", "256k"]);
+    let recv = spawn_recv(&s.sb, &s.dir, &[]);
+    wait_part(&s, CRASH_AT);
+    crash(recv);
+    std::fs::remove_file(s.part_file().expect("the partial file")).expect("remove it");
+    let r = spawn_recv(&s.sb, &s.dir, &[]).wait();
+    r.expect_code(1);
+    assert!(r.stderr.contains("error: cannot resume: the partial file"), "{}", r.describe());
+    let snd = send.wait();
+    snd.expect_code(1);
+    assert!(
+        snd.stderr_lines()
+            .iter()
+            .any(|l| l.starts_with("error: bob gave up on the transfer: cannot resume: the partial file")),
+        "{}",
+        snd.describe()
+    );
+    assert_eq!(entries(&s.dir), Vec::<String>::new(), "nothing written");
+    assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
+// ---------------------------------------------------------------------------
+// A store outage
+
+/// The receiver's directory in the store becomes unusable for a while (moved
+/// away, a file in its place: every write of the receiver fails): one
+/// warning, one line when it answers again (`-v`), and the transfer completes.
+#[test]
+fn a_store_outage_is_warned_once() {
+    let s = setup("a_store_outage_is_warned_once", "data.bin", 32 * MIB);
+    let send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2"]);
+    let mut recv = spawn_recv(&s.sb, &s.dir, &["-v"]);
+    wait_part(&s, MIB);
+    recv.signal("STOP");
+    let (mine, away) = (s.sb.store.join(RECEIVER), s.sb.store.join("bob.away"));
+    std::fs::rename(&mine, &away).expect("move bob's directory away");
+    std::fs::write(&mine, b"not a directory").expect("a file in its place");
+    recv.signal("CONT");
+    std::thread::sleep(Duration::from_millis(2000));
+    std::fs::remove_file(&mine).expect("remove the file");
+    std::fs::rename(&away, &mine).expect("move it back");
+    let r = recv.wait();
+    r.expect_ok();
+    send.wait().expect_ok();
+    s.assert_received();
+    s.assert_clean();
+    let lines = r.stderr_lines();
+    let warned: Vec<&&str> = lines.iter().filter(|l| l.contains("the store fails")).collect();
+    assert_eq!(warned.len(), 1, "one warning per outage\n{}", r.describe());
+    assert!(warned[0].contains("WARN"), "{}", r.describe());
+    let back = lines.iter().filter(|l| l.contains("the store answers again")).count();
+    assert_eq!(back, 1, "one line at its end\n{}", r.describe());
 }

@@ -6,7 +6,7 @@ use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, W
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
 use crate::proto::dftp::{
-    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState,
+    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState, WARN_AFTER_FAILS,
 };
 use crate::proto::dftp_msg::{Offer, check_file_name, parse_chunk_object_name};
 use crate::state;
@@ -28,8 +28,12 @@ pub enum TransferError {
     /// Verification failed beyond retries, the peer aborted, a local file failed.
     #[error("{0}")]
     Failed(String),
-    #[error("timed out: no progress from {peer} for {secs} s")]
-    TimedOut { peer: String, secs: u64 },
+    /// The receiver gave up (its `abort`, not resumable): over for good.
+    #[error("{peer} gave up on the transfer: {reason}")]
+    Aborted { peer: String, reason: String },
+    /// No progress for the `--timeout`; `waiting_for` names what was due.
+    #[error("timed out: no progress from {peer} for {secs} s, waiting for {waiting_for}")]
+    TimedOut { peer: String, secs: u64, waiting_for: String },
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
     /// The store or a local path cannot be used at all (exit 2).
@@ -223,6 +227,9 @@ pub async fn send_file(
                     }
                     SendOut::Accepted => tracing::info!("{peer} accepted the offer"),
                     SendOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
+                    SendOut::Aborted(reason) => {
+                        ended = Some(Err(TransferError::Aborted { peer: peer.to_string(), reason }))
+                    }
                     SendOut::Failed(r) => {
                         // A stop notice for the receiver may be queued: on its way first.
                         finished_early.extend(ops.kick());
@@ -252,7 +259,8 @@ pub async fn send_file(
         }
         if let Some(t) = opts.timeout {
             if now.saturating_sub(last_progress.0) >= t {
-                break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
+                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                break Err(TransferError::TimedOut { peer, secs, waiting_for });
             }
         }
         let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
@@ -325,13 +333,13 @@ pub async fn send_file(
                 resumed_bytes: m.resumed_bytes,
             })
         }
-        Err(TransferError::Refused(r)) => {
+        Err(e @ (TransferError::Refused(_) | TransferError::Aborted { .. })) => {
             // Over for good: leave nothing behind.
             cleanup_link_dir(store, m.link().out_dir()).await;
             if let Some(p) = &opts.state_file {
                 state::remove(p);
             }
-            Err(TransferError::Refused(r))
+            Err(e)
         }
         Err(e) => Err(e),
     }
@@ -785,7 +793,10 @@ pub async fn receive_file(
                         let _ = std::fs::remove_file(temp_path(&opts.dir, &offer));
                     }
                     RecvOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
-                    RecvOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
+                    RecvOut::Failed(r) | RecvOut::GaveUp(r) => ended = Some(Err(TransferError::Failed(r))),
+                    RecvOut::KeepsFailing { key, reason } => {
+                        tracing::warn!("{key} failed verification {WARN_AFTER_FAILS} times ({reason}); still retrying")
+                    }
                     RecvOut::PeerStopped(r) => {
                         tracing::warn!("{peer} stopped: {r}; waiting for it to resume (run dftp-send again there)")
                     }
@@ -812,7 +823,10 @@ pub async fn receive_file(
         }
         if let Some(t) = opts.timeout {
             if now.saturating_sub(last.0) >= t {
-                break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
+                // Tell the sender, which would otherwise wait for ever.
+                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                m.give_up(now, format!("no progress for {secs} s, waiting for {waiting_for}"));
+                break Err(TransferError::TimedOut { peer, secs, waiting_for });
             }
         }
         let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
@@ -855,6 +869,60 @@ pub async fn receive_file(
             Woke::Shutdown => break Err(TransferError::Interrupted),
         }
     };
+    if m.gave_up() {
+        // The abort for the sender may wait behind other messages (a link
+        // writes one at a time): feed the store's answers back until it is
+        // out, for at most SETTLE. Then the transfer is over here too.
+        let until = clock.now() + SETTLE;
+        for res in finished_early.drain(..) {
+            m.on_result(clock.now(), res);
+        }
+        loop {
+            // (A resumed receiver may give up before it has the key that
+            // seals its abort: the look-up goes on.)
+            if opts.security.is_some() {
+                peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
+            }
+            for o in m.take_outputs() {
+                if let RecvOut::Op(op) = o {
+                    ops.push(op);
+                }
+            }
+            if m.link().all_written() || clock.now() >= until {
+                break;
+            }
+            let at = peer_key.deadline(m.deadline(), m.needs_key()).map_or(until, |d| d.min(until));
+            match ops.wait(&mut changes, &clock, at, &mut shutdown).await {
+                Woke::Done(res) => {
+                    outage.observe(clock.now(), &res);
+                    m.on_result(clock.now(), res)
+                }
+                Woke::Key(k) => {
+                    if let Some(sec) = &opts.security {
+                        if let Ok(Some(c)) = peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                            m.set_crypto(clock.now(), c);
+                        }
+                    }
+                }
+                Woke::Wake => {
+                    peer_key.woke();
+                    m.wake(clock.now());
+                }
+                Woke::Shutdown => break,
+            }
+        }
+        if !m.link().all_written() {
+            tracing::warn!("could not tell {peer} that this side gave up (the store did not take the message in time)");
+        }
+        ops.settle(SETTLE).await;
+        target.close();
+        if let Some(o) = m.offer() {
+            let _ = std::fs::remove_file(temp_path(&opts.dir, o));
+        }
+        if let Some(p) = &opts.state_file {
+            state::remove(p);
+        }
+    }
     let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));
     if over_for_good {
         // Let the sender read our last message (finished or refused), then

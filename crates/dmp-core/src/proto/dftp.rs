@@ -109,8 +109,12 @@ pub enum SendOut {
     Persist,
     /// The receiver accepted.
     Accepted,
-    /// The receiver refused, or aborted: the transfer is over (exit 1).
+    /// The receiver refused the offer: the transfer is over (exit 1).
     Refused(String),
+    /// The receiver gave up (its `abort` without `resumable`: a verification
+    /// failed beyond retries, it timed out, its partial file is gone): the
+    /// transfer is over (exit 1).
+    Aborted(String),
     /// This side cannot go on (the file changed or cannot be read): exit 1,
     /// keeping the state so that a later run may resume.
     Failed(String),
@@ -331,6 +335,22 @@ impl DftpSender {
     }
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// What the sender waits for, for a timeout's message.
+    pub fn waiting_for(&self) -> String {
+        if self.needs_key() {
+            return format!("the key of {}", self.link.peer());
+        }
+        match self.st.phase {
+            SendPhase::Offered => "an answer to the offer".into(),
+            SendPhase::Sending => match self.st.published.values().next() {
+                Some(p) => format!("the acknowledgement of chunk {}", p.index),
+                None => format!("chunk {} to be stored", self.st.next_index),
+            },
+            SendPhase::DoneSent => "the receiver's finished message".into(),
+            SendPhase::Finished => "nothing (finished)".into(),
+        }
     }
 
     /// The state to persist: a consistent cut in which every chunk counted
@@ -698,7 +718,11 @@ impl DftpSender {
             Kind::Refuse | Kind::Abort => {
                 let reason = reply.reason.unwrap_or_else(|| "no reason given".into());
                 let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
-                self.out.push(SendOut::Refused(reason));
+                self.out.push(if env.kind == Kind::Abort {
+                    SendOut::Aborted(reason)
+                } else {
+                    SendOut::Refused(reason)
+                });
                 self.finished = true;
             }
             Kind::Finished => {
@@ -750,6 +774,11 @@ impl DftpSender {
 
 // ---------------------------------------------------------------------------
 // Receiver
+
+/// At this many failed verifications of one chunk object the receiver
+/// warns ([`RecvOut::KeepsFailing`]); it goes on fetching it until
+/// [`RecvConfig::bad_chunk_timeout`].
+pub const WARN_AFTER_FAILS: u32 = 5;
 
 /// Receiver settings.
 #[derive(Clone, Debug)]
@@ -833,8 +862,20 @@ pub enum RecvOut {
     Finished {
         sha256: String,
     },
-    /// The transfer failed (reported to the sender where possible): exit 1.
+    /// The transfer failed for a reason that a later run may overcome (the
+    /// state is kept), or the sender aborted it: exit 1.
     Failed(String),
+    /// This side gave up for good (a verification failed beyond retries,
+    /// a timeout, a partial file gone): an `abort` without `resumable` is
+    /// on its way to the sender; the driver lets it reach the store, then
+    /// removes the partial file and the state. Exit 1.
+    GaveUp(String),
+    /// A chunk object failed verification for the [`WARN_AFTER_FAILS`]th
+    /// time (a warning naming its key; it is still fetched again).
+    KeepsFailing {
+        key: Key,
+        reason: String,
+    },
     /// The sender stopped for a reason of its own and will resume when run
     /// again: the receiver tells the user and waits.
     PeerStopped(String),
@@ -879,6 +920,8 @@ pub struct DftpReceiver {
     pub written_bytes: u64,
     out: Vec<RecvOut>,
     finished: bool,
+    /// This side gave up ([`RecvOut::GaveUp`]).
+    gave_up: bool,
     crypto: Option<PeerCrypto>,
 }
 
@@ -914,6 +957,7 @@ impl DftpReceiver {
             written_bytes: 0,
             out: Vec::new(),
             finished: false,
+            gave_up: false,
             crypto: None,
         };
         if resumed {
@@ -1054,9 +1098,10 @@ impl DftpReceiver {
                 self.out.push(RecvOut::Finished { sha256: sha });
                 self.finished = true;
             }
+            // The partial file is gone (or cannot be opened): give up, and
+            // tell the sender, rather than write a file with a hole.
             Err(reason) if resume => {
-                self.out.push(RecvOut::Failed(format!("cannot resume: {reason}")));
-                self.finished = true;
+                self.fail(now, format!("cannot resume: {reason}"));
             }
             Err(reason) => {
                 self.refuse(now, seq, &offer.transfer, reason);
@@ -1102,9 +1147,8 @@ impl DftpReceiver {
                 }
             }
             Err(e) => {
-                self.out.push(RecvOut::Failed(format!("cannot resume: reading the partial file failed: {e}")));
-                self.finished = true;
                 self.rehash_next = None;
+                self.fail(now, format!("cannot resume: reading the partial file failed: {e}"));
             }
         }
         self.pump(now);
@@ -1178,6 +1222,8 @@ impl DftpReceiver {
         self.finished = true;
     }
 
+    /// Gives up for good: tells the sender with an `abort` that is not
+    /// resumable, whose write goes out ahead of [`RecvOut::GaveUp`].
     fn fail(&mut self, now: Duration, reason: String) {
         if self.finished {
             return;
@@ -1185,9 +1231,45 @@ impl DftpReceiver {
         if let Some(o) = &self.st.offer {
             let t = o.transfer.clone();
             self.send_reply(now, Kind::Abort, &t, Some(reason.clone()), None);
+            self.drain(now);
         }
-        self.out.push(RecvOut::Failed(reason));
+        self.gave_up = true;
+        self.out.push(RecvOut::GaveUp(reason));
         self.finished = true;
+    }
+
+    /// Gives up from outside (the driver's timeout), as [`RecvOut::GaveUp`].
+    pub fn give_up(&mut self, now: Duration, reason: String) {
+        self.fail(now, reason);
+    }
+
+    /// True once this side gave up ([`RecvOut::GaveUp`]).
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+
+    /// What the receiver waits for, for a timeout's message.
+    pub fn waiting_for(&self) -> String {
+        if self.needs_key() {
+            return format!("the key of {}", self.link.peer());
+        }
+        if self.preparing.is_some() || self.rehash_next.is_some() {
+            return "the partial file to be reopened".into();
+        }
+        match (self.st.phase, &self.st.offer) {
+            (RecvPhase::Receiving, Some(o)) if self.st.next_index < o.chunks() => {
+                let n = self.st.next_index;
+                let why = match self.bad.get(&n) {
+                    Some((fails, ..)) => format!(", whose object failed {fails} time(s)"),
+                    None => String::new(),
+                };
+                format!("chunk {n} of {}{why}", o.chunks())
+            }
+            (RecvPhase::Receiving, Some(_)) => "the done message".into(),
+            (RecvPhase::Finalizing, _) => "the file to be stored".into(),
+            (RecvPhase::Finished, _) => "the acknowledgement of finished".into(),
+            _ => "the offer".into(),
+        }
     }
 
     fn pop_committed(&mut self, seq: u64) {
@@ -1356,6 +1438,9 @@ impl DftpReceiver {
                 if present_but_wrong {
                     tracing::debug!("{reason}; fetching again (attempt {fails})");
                     self.out.push(RecvOut::Rejected { key: key.clone(), reason: reason.clone() });
+                    if fails == WARN_AFTER_FAILS {
+                        self.out.push(RecvOut::KeepsFailing { key: key.clone(), reason: reason.clone() });
+                    }
                     if now.saturating_sub(first) >= self.cfg.bad_chunk_timeout {
                         self.fail(
                             now,
@@ -1490,3 +1575,7 @@ impl DftpReceiver {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dftp_tests.rs"]
+mod tests;

@@ -188,7 +188,8 @@ impl Sender {
                         let s = serde_json::to_string(&self.m.as_ref()?.snapshot()).expect("state serializes");
                         self.life.save(s);
                     }
-                    SendOut::Refused(r) => self.ended = Some(End::Refused(r)),
+                    // Both over for good: the sender cleans up.
+                    SendOut::Refused(r) | SendOut::Aborted(r) => self.ended = Some(End::Refused(r)),
                     SendOut::Failed(r) => self.ended = Some(End::Failed(r)),
                     SendOut::Finished { sha256 } => self.ended = Some(End::Finished(sha256)),
                     SendOut::Accepted | SendOut::PeerStopped(_) | SendOut::Rejected { .. } | SendOut::StoreError(_) => {
@@ -436,13 +437,13 @@ impl Receiver {
                         self.dir.remove(&temp_name(&offer));
                     }
                     RecvOut::Refused(r) => self.ended = Some(End::Refused(r)),
-                    RecvOut::Failed(r) => self.ended = Some(End::Failed(r)),
+                    RecvOut::Failed(r) | RecvOut::GaveUp(r) => self.ended = Some(End::Failed(r)),
                     RecvOut::PeerStopped(_) => {}
                     RecvOut::Finished { sha256 } => {
                         self.finished_sha.get_or_insert(sha256.clone());
                         self.ended = Some(End::Finished(sha256));
                     }
-                    RecvOut::Rejected { .. } | RecvOut::StoreError(_) => {}
+                    RecvOut::Rejected { .. } | RecvOut::KeepsFailing { .. } | RecvOut::StoreError(_) => {}
                 }
             }
         }
@@ -506,6 +507,14 @@ impl Node for Receiver {
                     env.log(|| "receiver lingers".into());
                 }
                 Some(End::Failed(_)) => {
+                    if m.gave_up() {
+                        // As the real driver: over for good (the abort is
+                        // written: this store performs operations at once).
+                        if let Some(o) = m.offer() {
+                            self.dir.remove(&temp_name(o));
+                        }
+                        self.life.remove_state();
+                    }
                     self.life.ended = true;
                     let e = self.ended.clone();
                     env.log(|| format!("receiver ends: {e:?}"));
