@@ -192,6 +192,7 @@ fn round_trip_with(test: &str, size: u64, send_extra: &[&str], recv_extra: &[&st
     }
     assert_eq!(rj["file"], "data.bin");
     assert_eq!(num(&rj, "bytes"), size);
+    assert_eq!((num(&rj, "resumed_bytes"), num(&rj, "written_bytes")), (0, size), "a fresh run writes it all: {rj}");
     assert_eq!(rj["sha256"], s.sha.as_str());
     let path = PathBuf::from(rj["path"].as_str().expect("path is a string"));
     assert_eq!(path.canonicalize().ok(), s.received().canonicalize().ok(), "receiver JSON path");
@@ -342,8 +343,15 @@ fn receiver_killed_and_restarted() {
     send.wait().expect_ok();
     s.assert_received();
     s.assert_clean_after_crash();
-    let written = num(&json(&r), "written_bytes");
+    let j = json(&r);
+    let (written, resumed) = (num(&j, "written_bytes"), num(&j, "resumed_bytes"));
     assert!(written < CRASH_SIZE, "the restarted receiver wrote {written} bytes: the whole file again");
+    assert!(resumed > CRASH_AT / 2, "the restarted receiver counts the bytes written before: {j}");
+    assert_eq!(resumed + written, CRASH_SIZE, "{j}");
+    // The rate counts this run's bytes and time only.
+    let rate = written as f64 / MIB as f64 / j["seconds"].as_f64().expect("seconds");
+    let reported = j["mb_per_s"].as_f64().expect("mb_per_s");
+    assert!((reported - rate).abs() <= rate * 1e-6, "mb_per_s {reported}, this run's rate {rate}: {j}");
 }
 
 #[test]

@@ -402,7 +402,9 @@ pub struct RecvReport {
     pub seconds: f64,
     pub mb_per_s: f64,
     pub sha256: String,
-    /// Bytes written by this run.
+    /// Bytes already in the partial file from an earlier run (resumed).
+    pub resumed_bytes: u64,
+    /// Bytes written by this run: `mb_per_s` counts these over `seconds`.
     pub written_bytes: u64,
 }
 
@@ -945,8 +947,9 @@ pub async fn receive_file(
         path: final_path.unwrap_or_else(|| opts.dir.join(&offer.name)).display().to_string(),
         bytes: offer.size,
         seconds,
-        mb_per_s: offer.size as f64 / 1_048_576.0 / seconds.max(1e-9),
+        mb_per_s: m.written_bytes as f64 / 1_048_576.0 / seconds.max(1e-9),
         sha256,
+        resumed_bytes: m.resumed_bytes,
         written_bytes: m.written_bytes,
     })
 }

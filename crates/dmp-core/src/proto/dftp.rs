@@ -918,6 +918,8 @@ pub struct DftpReceiver {
     retry_at: Option<Duration>,
     /// Bytes written by this run.
     pub written_bytes: u64,
+    /// Bytes written by earlier runs, when this one started (resumed).
+    pub resumed_bytes: u64,
     out: Vec<RecvOut>,
     finished: bool,
     /// This side gave up ([`RecvOut::GaveUp`]).
@@ -955,12 +957,14 @@ impl DftpReceiver {
             bad: BTreeMap::new(),
             retry_at: None,
             written_bytes: 0,
+            resumed_bytes: 0,
             out: Vec::new(),
             finished: false,
             gave_up: false,
             crypto: None,
         };
         if resumed {
+            r.resumed_bytes = r.done_bytes();
             match (r.st.phase, r.st.offer.clone()) {
                 (RecvPhase::Receiving | RecvPhase::Finalizing, Some(offer)) => {
                     // Reopen the temporary file; the hash is rebuilt from it.
@@ -1305,6 +1309,7 @@ impl DftpReceiver {
                     self.st.phase = RecvPhase::Waiting;
                     self.st.next_index = 0;
                     self.queue.clear();
+                    self.resumed_bytes = 0;
                 }
                 if self.preparing.is_some() || self.st.phase != RecvPhase::Waiting {
                     self.queue.push_back((seq, Item::Other));

@@ -276,3 +276,20 @@ fn waiting_for_names_what_is_due() {
     w.run_until("finished", |w| w.sent.iter().any(|o| matches!(o, SendOut::Finished { .. })));
     assert_eq!(w.r.as_ref().unwrap().waiting_for(), "the acknowledgement of finished");
 }
+
+/// A restarted receiver counts what the earlier run wrote apart from what
+/// it writes itself; together they are the file.
+#[test]
+fn a_resumed_receiver_counts_resumed_and_written_bytes() {
+    let size = 30 * BLOCK as usize + 5;
+    let mut w = World::new(size, RecvConfig::default());
+    assert_eq!(w.r.as_ref().unwrap().resumed_bytes, 0);
+    w.run_until("a few chunks written", |w| w.written() >= 5 * BLOCK);
+    w.restart_receiver(RecvConfig::default());
+    let resumed = w.r.as_ref().unwrap().resumed_bytes;
+    assert_eq!(resumed, w.saved.as_ref().unwrap().next_index * BLOCK);
+    assert!(resumed >= 5 * BLOCK);
+    w.run_until("finished", |w| w.recvd.iter().any(|o| matches!(o, RecvOut::Finished { .. })));
+    assert_eq!(w.r.as_ref().unwrap().written_bytes + resumed, size as u64);
+    assert_eq!(w.part, None);
+}
