@@ -921,3 +921,57 @@ fn a_store_outage_is_warned_once() {
     let back = lines.iter().filter(|l| l.contains("the store answers again")).count();
     assert_eq!(back, 1, "one line at its end\n{}", r.describe());
 }
+
+// ---------------------------------------------------------------------------
+// A receiver restarted after `finished`
+
+/// The sender is stopped (SIGSTOP) before it reads the receiver's
+/// `finished`: the receiver waits 10 s, warns, keeps its files and state,
+/// and exits 0 with the file in place. Run again while the sender is still
+/// stopped, it sends nothing again; once the sender goes on and
+/// acknowledges, it cleans up (its state last) and exits 0, as does the
+/// sender.
+#[test]
+fn a_receiver_restarted_after_finished_sends_nothing_again() {
+    for attempt in 1..=3 {
+        let s = setup("a_receiver_restarted_after_finished_sends_nothing_again", "data.bin", 8 * MIB);
+        let mut send = spawn_send(&s.sb, &s.src, &["-b", "256k"]);
+        let recv = spawn_recv(&s.sb, &s.dir, &[]);
+        // Stop the sender as the last bytes land, before it reads finished.
+        let t = Instant::now();
+        while s.part_len() < s.size && !s.received().exists() && t.elapsed() < TIMEOUT {}
+        send.signal("STOP");
+        let r = recv.wait();
+        if !r.stderr.contains("has neither acknowledged") {
+            eprintln!("attempt {attempt}: the sender read finished before it was stopped\n{}", r.describe());
+            send.signal("CONT");
+            send.wait();
+            continue;
+        }
+        r.expect_ok();
+        assert_eq!(sha256_file(&s.received()), s.sha, "the file is in place");
+        let states = files_under(&s.sb.state);
+        assert!(states.iter().any(|p| p.to_string_lossy().contains("receive-")), "state kept: {states:?}");
+        let msgs = || -> Vec<String> {
+            entries(&s.sb.outbox(RECEIVER, SENDER)).into_iter().filter(|n| n.ends_with(".msg")).collect()
+        };
+        let before = msgs();
+        assert!(!before.is_empty(), "files kept in the store for the sender");
+
+        let mut again = spawn_recv(&s.sb, &s.dir, &[]);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(again.is_running(), "waits for the sender's acknowledgement");
+        assert_eq!(msgs(), before, "nothing sent again");
+        send.signal("CONT");
+        let t = Instant::now();
+        let r2 = again.wait();
+        r2.expect_ok();
+        assert!(t.elapsed() < Duration::from_secs(8), "ends once acknowledged: {:?}\n{}", t.elapsed(), r2.describe());
+        assert!(!r2.stderr.contains("has neither acknowledged"), "{}", r2.describe());
+        send.wait().expect_ok();
+        s.assert_received();
+        s.assert_clean();
+        return;
+    }
+    panic!("the sender read finished before it could be stopped, three times");
+}

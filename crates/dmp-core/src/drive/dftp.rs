@@ -930,12 +930,27 @@ pub async fn receive_file(
         // Let the sender read our last message (finished or refused), then
         // leave nothing behind; but if the sender has not read it yet (a slow
         // sync), leave it for a sender that is still waiting.
-        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, opts.state_file.as_deref(), &mut shutdown).await;
+        let keys = (opts.security.as_ref(), &mut peer_key, &mut on_key as &mut dyn FnMut(KeyNotice));
+        let state_file = opts.state_file.as_deref();
+        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, state_file, keys, &mut shutdown).await;
         ops.settle(SETTLE).await;
-        if m.link().unacked() == 0 || m.link().peer_gone() {
+        if m.last_message_acked() || m.link().peer_gone() {
             cleanup_link_dir(store, m.link().out_dir()).await;
-        }
-        if let Some(p) = &opts.state_file {
+            // Last: a run that stops before this point finds the state
+            // and finishes the clean-up.
+            if let Some(p) = &opts.state_file {
+                state::remove(p);
+            }
+        } else if outcome.is_ok() {
+            // The file is verified and in place; the sender has not read
+            // `finished` yet (a slow sync, or it is stopped): leave it there,
+            // and the state, for the next run to finish the clean-up.
+            tracing::warn!(
+                "{peer} has neither acknowledged that the file arrived nor gone away within {} s; \
+                 leaving my files in the store for it (run dftp-receive again later to clean up)",
+                opts.linger.as_secs()
+            );
+        } else if let Some(p) = &opts.state_file {
             state::remove(p);
         }
     }
@@ -958,6 +973,9 @@ pub async fn receive_file(
 /// has cleaned up, at most `max`. The link's state is still saved when it
 /// asks: a message number it recovered must be on disk before an
 /// acknowledged message is deleted, or a restart would use it again.
+/// A secure link opens nothing without the peer's key: a receiver restarted
+/// after `finished` lingers at once, so the look-up goes on here.
+#[allow(clippy::too_many_arguments)]
 async fn linger(
     ops: &mut OpRunner<'_>,
     m: &mut DftpReceiver,
@@ -965,11 +983,17 @@ async fn linger(
     changes: &mut crate::store::Changes,
     max: Duration,
     state_file: Option<&std::path::Path>,
+    keys: (Option<&Security>, &mut PeerKey, &mut dyn FnMut(KeyNotice)),
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) {
+    let (security, peer_key, on_key) = keys;
+    let peer = m.link().peer().clone();
     let until = clock.now() + max;
     let mut pace = Pace::new(Poller::new(Duration::from_millis(20), Duration::from_millis(500)), Duration::ZERO);
     loop {
+        if security.is_some() {
+            peer_key.look(ops, &peer, m.needs_key(), clock.now());
+        }
         for o in m.take_outputs() {
             match o {
                 RecvOut::Op(op) => ops.push(op),
@@ -981,17 +1005,30 @@ async fn linger(
                 _ => {}
             }
         }
-        if m.link().unacked() == 0 || m.link().peer_gone() || clock.now() >= until {
+        if m.last_message_acked() || m.link().peer_gone() || clock.now() >= until {
             return;
         }
-        let at = pace.until(clock.now(), Some(until), ops);
+        let deadline = peer_key.deadline(m.deadline(), m.needs_key());
+        let at = pace.until(clock.now(), Some(deadline.map_or(until, |d| d.min(until))), ops);
         match ops.wait(changes, clock, at, shutdown).await {
             Woke::Done(res) => m.on_result(clock.now(), res),
             Woke::Wake => {
                 pace.woke(ops);
+                peer_key.woke();
                 m.wake(clock.now());
             }
-            Woke::Key(_) => {}
+            Woke::Key(k) => {
+                if let Some(sec) = security {
+                    match peer_key.looked(sec, k, clock.now(), on_key) {
+                        Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            return;
+                        }
+                    }
+                }
+            }
             Woke::Shutdown => return,
         }
     }

@@ -819,7 +819,14 @@ pub struct ReceiverState {
     /// Chunks `[0, next_index)` are written to the temporary file.
     pub next_index: u64,
     pub file_sha256: Option<String>,
+    /// The sequence number of my `finished` message, once sent.
+    #[serde(default)]
+    pub finished_seq: Option<u64>,
 }
+
+/// How often a finished receiver reads the sender's head while it waits
+/// for the acknowledgement of `finished` (is the sender still there?).
+pub const FINISHED_HEAD_EVERY: Duration = Duration::from_millis(500);
 
 /// What the receiver asks of its driver or tells its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -924,6 +931,8 @@ pub struct DftpReceiver {
     finished: bool,
     /// This side gave up ([`RecvOut::GaveUp`]).
     gave_up: bool,
+    /// Restarted after `finished` was sent: see `finished_written_check`.
+    check_finished: bool,
     crypto: Option<PeerCrypto>,
 }
 
@@ -943,6 +952,7 @@ impl DftpReceiver {
             offer: None,
             next_index: 0,
             file_sha256: None,
+            finished_seq: None,
         });
         let link = Link::new(me, peer, cfg.link.clone(), resumed.then(|| st.link.clone()), fresh_session);
         let mut r = DftpReceiver {
@@ -961,6 +971,7 @@ impl DftpReceiver {
             out: Vec::new(),
             finished: false,
             gave_up: false,
+            check_finished: false,
             crypto: None,
         };
         if resumed {
@@ -973,7 +984,15 @@ impl DftpReceiver {
                 }
                 (RecvPhase::Finished, Some(offer)) => {
                     let sha = r.st.file_sha256.clone().unwrap_or_default();
-                    r.send_reply(now, Kind::Finished, &offer.transfer, None, Some(sha.clone()));
+                    if r.st.finished_seq.is_some() {
+                        // Sent before: nothing to send or do again, unless
+                        // the listing of my outbox shows it never got there.
+                        r.check_finished = true;
+                        r.link.watch_head_every(FINISHED_HEAD_EVERY);
+                    } else {
+                        // A state file from before `finished_seq` was saved.
+                        r.send_finished(now, &offer.transfer, sha.clone());
+                    }
                     r.out.push(RecvOut::Finished { sha256: sha });
                     r.finished = true;
                 }
@@ -1065,6 +1084,7 @@ impl DftpReceiver {
         }
         self.link.on_result(now, res);
         self.drain(now);
+        self.finished_written_check(now);
         self.pump(now);
     }
 
@@ -1097,8 +1117,7 @@ impl DftpReceiver {
                 // Verified and renamed into place just before a crash.
                 let sha = self.st.file_sha256.clone().unwrap_or_default();
                 self.st.phase = RecvPhase::Finished;
-                self.send_reply(now, Kind::Finished, &offer.transfer, None, Some(sha.clone()));
-                self.out.push(RecvOut::Persist);
+                self.send_finished(now, &offer.transfer, sha.clone());
                 self.out.push(RecvOut::Finished { sha256: sha });
                 self.finished = true;
             }
@@ -1169,7 +1188,7 @@ impl DftpReceiver {
             Ok(()) => {
                 self.st.phase = RecvPhase::Finished;
                 self.st.file_sha256 = Some(done.sha256.clone());
-                self.send_reply(now, Kind::Finished, &done.transfer, None, Some(done.sha256.clone()));
+                self.send_finished(now, &done.transfer, done.sha256.clone());
                 self.queue.pop_front();
                 self.link.commit(now, seq);
                 self.out.push(RecvOut::Finished { sha256: done.sha256 });
@@ -1194,10 +1213,42 @@ impl DftpReceiver {
         transfer: &str,
         reason: Option<String>,
         sha256: Option<String>,
-    ) {
+    ) -> u64 {
         let body = serde_json::to_vec(&Reply { transfer: transfer.to_owned(), reason, sha256, resumable: false })
             .expect("serializable");
-        self.link.send(now, kind, body);
+        self.link.send(now, kind, body)
+    }
+
+    /// Sends `finished` (saved with its number, so that a restart neither
+    /// sends it again nor redoes anything) and waits for its acknowledgement.
+    fn send_finished(&mut self, now: Duration, transfer: &str, sha256: String) {
+        let seq = self.send_reply(now, Kind::Finished, transfer, None, Some(sha256));
+        self.st.finished_seq = Some(seq);
+        self.out.push(RecvOut::Persist);
+        self.link.watch_head_every(FINISHED_HEAD_EVERY);
+    }
+
+    /// True once the last message I sent (`finished`, `refuse`) is
+    /// acknowledged by the sender; a restarted receiver learns it only
+    /// once its outbox was listed and the sender's `ack` read.
+    pub fn last_message_acked(&self) -> bool {
+        self.link.recovered() && !self.check_finished && self.link.unacked() == 0
+    }
+
+    /// A restarted receiver that had sent `finished`: once its outbox is
+    /// listed, sends it again only if it never reached the store.
+    fn finished_written_check(&mut self, now: Duration) {
+        if !self.check_finished || !self.link.recovered() {
+            return;
+        }
+        self.check_finished = false;
+        let (Some(seq), Some(o)) = (self.st.finished_seq, self.st.offer.clone()) else { return };
+        if self.link.state().next_seq <= seq {
+            tracing::debug!("finished was not written before the restart; sending it again");
+            let sha = self.st.file_sha256.clone().unwrap_or_default();
+            self.send_finished(now, &o.transfer, sha);
+            self.drain(now);
+        }
     }
 
     fn refuse(&mut self, now: Duration, seq: u64, transfer: &str, reason: String) {

@@ -34,6 +34,10 @@ struct World {
     recvd: Vec<RecvOut>,
     /// Every operation the receiver asked for, with its time.
     recv_ops: Vec<(Duration, Op)>,
+    /// The sender is stopped (SIGSTOP): it neither acts nor wakes.
+    sender_stopped: bool,
+    /// The receiver crashes right after saving the `Finished` phase.
+    crash_when_finished_saved: bool,
 }
 
 impl World {
@@ -56,6 +60,8 @@ impl World {
             sent: Vec::new(),
             recvd: Vec::new(),
             recv_ops: Vec::new(),
+            sender_stopped: false,
+            crash_when_finished_saved: false,
         }
     }
 
@@ -95,7 +101,10 @@ impl World {
     fn settle(&mut self) {
         loop {
             let mut any = false;
-            let outs = self.s.as_mut().map(|s| s.take_outputs()).unwrap_or_default();
+            let outs = match self.s.as_mut() {
+                Some(s) if !self.sender_stopped => s.take_outputs(),
+                _ => Vec::new(),
+            };
             for o in outs {
                 any = true;
                 let now = self.now;
@@ -125,7 +134,16 @@ impl World {
                         let res = self.perform(op);
                         r(self).on_result(now, res);
                     }
-                    RecvOut::Persist => self.saved = Some(r(self).snapshot()),
+                    RecvOut::Persist => {
+                        let st = r(self).snapshot();
+                        let crash = self.crash_when_finished_saved && st.phase == RecvPhase::Finished;
+                        self.saved = Some(st);
+                        if crash {
+                            self.crash_when_finished_saved = false;
+                            self.r = None;
+                            break;
+                        }
+                    }
                     RecvOut::Prepare { resume, .. } => {
                         let res = match (resume, &self.part) {
                             (false, _) => {
@@ -171,7 +189,7 @@ impl World {
             self.settle();
             self.now += ms(10);
             let now = self.now;
-            if let Some(s) = self.s.as_mut() {
+            if let Some(s) = self.s.as_mut().filter(|_| !self.sender_stopped) {
                 s.wake(now);
             }
             if let Some(r) = self.r.as_mut() {
@@ -292,4 +310,78 @@ fn a_resumed_receiver_counts_resumed_and_written_bytes() {
     w.run_until("finished", |w| w.recvd.iter().any(|o| matches!(o, RecvOut::Finished { .. })));
     assert_eq!(w.r.as_ref().unwrap().written_bytes + resumed, size as u64);
     assert_eq!(w.part, None);
+}
+
+/// The message files the receiver wrote (puts of `<session>-<seq>.msg`).
+fn msg_puts(w: &World) -> Vec<String> {
+    w.recv_ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            Op::Put(k, _) if k.name().ends_with(".msg") => Some(k.name().to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A receiver restarted after it sent `finished` sends nothing again and
+/// redoes nothing; while the sender (stopped) does not acknowledge, it reads
+/// the sender's head every 0.5 s; once the sender acknowledges, it is done.
+#[test]
+fn a_receiver_restarted_after_finished_sends_nothing_again() {
+    let size = 6 * BLOCK as usize + 1;
+    let mut w = World::new(size, RecvConfig::default());
+    w.run_until("done sent", |w| w.s.as_ref().unwrap().phase() == SendPhase::DoneSent);
+    w.sender_stopped = true;
+    assert!(w.sent.iter().all(|o| matches!(o, SendOut::Accepted)), "{:?}", w.sent);
+    w.run_until("finished sent", |w| w.recvd.iter().any(|o| matches!(o, RecvOut::Finished { .. })));
+    let saved = w.saved.clone().expect("saved");
+    assert_eq!(saved.phase, RecvPhase::Finished);
+    let seq = saved.finished_seq.expect("the number of finished is saved");
+    assert!(!w.r.as_ref().unwrap().last_message_acked());
+
+    w.recvd.clear();
+    w.restart_receiver(RecvConfig::default());
+    w.run_for(Duration::from_secs(3));
+    let r = w.r.as_ref().unwrap();
+    assert_eq!(r.snapshot().finished_seq, Some(seq));
+    assert!(r.link().recovered() && r.link().unacked() == 1, "finished is still in flight");
+    assert!(!r.last_message_acked());
+    assert_eq!(msg_puts(&w), Vec::<String>::new(), "nothing sent again");
+    assert!(
+        !w.recv_ops.iter().any(|(_, op)| matches!(op, Op::Get(k, _) if k.name().ends_with(".chunk"))),
+        "nothing fetched again"
+    );
+    assert_eq!(w.recvd, vec![RecvOut::Finished { sha256: saved.file_sha256.clone().unwrap() }]);
+    let heads: Vec<Duration> = w
+        .recv_ops
+        .iter()
+        .filter(|(_, op)| matches!(op, Op::Get(k, _) if k.as_str() == "alice/bob/head"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(heads.len() >= 5, "the head is read while waiting: {heads:?}");
+    for pair in heads.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= FINISHED_HEAD_EVERY && gap <= FINISHED_HEAD_EVERY + ms(10), "{heads:?}");
+    }
+
+    // The sender goes on, reads finished and acknowledges it.
+    w.sender_stopped = false;
+    w.run_until("acknowledged", |w| w.r.as_ref().unwrap().last_message_acked());
+    assert!(w.sent.iter().any(|o| matches!(o, SendOut::Finished { .. })), "{:?}", w.sent);
+    assert_eq!(msg_puts(&w), Vec::<String>::new(), "nothing sent again");
+}
+
+/// A receiver that crashed after saving `Finished` but before its
+/// `finished` reached the store sends it again, once, after a restart.
+#[test]
+fn a_finished_message_lost_in_a_crash_is_sent_again() {
+    let mut w = World::new(3 * BLOCK as usize, RecvConfig::default());
+    w.crash_when_finished_saved = true;
+    w.run_until("the crash", |w| w.r.is_none());
+    assert_eq!(w.saved.as_ref().unwrap().phase, RecvPhase::Finished);
+    w.restart_receiver(RecvConfig::default());
+    w.run_until("the sender finishes", |w| w.sent.iter().any(|o| matches!(o, SendOut::Finished { .. })));
+    w.run_until("acknowledged", |w| w.r.as_ref().unwrap().last_message_acked());
+    assert_eq!(msg_puts(&w).len(), 1, "finished sent once again: {:?}", msg_puts(&w));
+    assert_eq!(w.saved.as_ref().unwrap().finished_seq, w.r.as_ref().unwrap().snapshot().finished_seq);
 }

@@ -525,20 +525,24 @@ impl Node for Receiver {
         }
         match self.linger_until {
             Some(until) => {
-                let link = m.link();
-                if link.unacked() == 0 || link.peer_gone() || env.now >= until {
-                    // As the real driver: clean up unless our last message
-                    // is still unread by a sender that is still there.
-                    if link.unacked() == 0 || link.peer_gone() {
+                let settled = m.last_message_acked() || m.link().peer_gone();
+                if settled || env.now >= until {
+                    // As the real driver: clean up (the state last) unless
+                    // our last message is still unread by a sender that is
+                    // still there; then a finished receiver keeps both.
+                    if settled {
                         let dir = out_dir(&self.me, &self.peer);
                         cleanup(env, store, self.me.as_str(), &dir);
+                        self.life.remove_state();
+                    } else if !matches!(self.ended, Some(End::Finished(_))) {
+                        self.life.remove_state();
                     }
-                    self.life.remove_state();
                     self.life.ended = true;
                     let e = self.ended.clone();
                     env.log(|| format!("receiver ends: {e:?}"));
                 } else {
-                    self.life.schedule(env, Some(until));
+                    let at = m.deadline().map_or(until, |d| d.min(until));
+                    self.life.schedule(env, Some(at));
                 }
             }
             None => {
