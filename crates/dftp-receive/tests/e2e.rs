@@ -829,13 +829,12 @@ fn usage_errors_exit_2_with_one_line() {
 // ---------------------------------------------------------------------------
 // A receiver that gives up tells the sender
 
-/// The sender freezes mid-transfer: the receiver's `--timeout` runs out,
-/// its error names what it waited for, it tells the sender (an abort that
-/// is not resumable) and leaves nothing in DIR; the sender, thawed, says in
-/// one line that bob gave up and why, exits 1 and cleans up.
+/// A receiver that times out says what it waited for, tells the sender
+/// (which keeps waiting, knowing why), and keeps its partial file and state:
+/// run again, it resumes and the file arrives whole.
 #[test]
-fn a_receiver_that_times_out_tells_the_sender_why() {
-    let s = setup("a_receiver_that_times_out_tells_the_sender_why", "data.bin", 32 * MIB);
+fn a_receiver_that_times_out_tells_the_sender_and_resumes() {
+    let s = setup("a_receiver_that_times_out_tells_the_sender_and_resumes", "data.bin", 32 * MIB);
     let mut send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2"]);
     let recv = spawn_recv(&s.sb, &s.dir, &["--timeout", "2"]);
     wait_part(&s, MIB);
@@ -849,17 +848,22 @@ fn a_receiver_that_times_out_tells_the_sender_why() {
         "the timeout names its cause\n{}",
         r.describe()
     );
+    assert_only_part_file(&s);
+    assert!(!files_under(&s.sb.state).is_empty(), "the receiver keeps its state for a later run");
+    let again = spawn_recv(&s.sb, &s.dir, &["--json"]).wait();
+    again.expect_ok();
     let snd = send.wait();
-    snd.expect_code(1);
-    let told: Vec<&str> = snd.stderr_lines().into_iter().filter(|l| l.contains("gave up")).collect();
+    snd.expect_ok();
+    let told: Vec<&str> = snd.stderr_lines().into_iter().filter(|l| l.contains("bob stopped")).collect();
     assert_eq!(told.len(), 1, "one line\n{}", snd.describe());
     assert!(
-        told[0].starts_with("error: bob gave up on the transfer: no progress for 2 s, waiting for chunk "),
+        told[0].contains("bob stopped: it timed out after 2 s without progress, waiting for chunk "),
         "{}",
         snd.describe()
     );
-    assert_eq!(entries(&s.dir), Vec::<String>::new(), "the partial file is removed");
-    assert!(files_under(&s.sb.outbox(SENDER, RECEIVER)).is_empty(), "the sender cleaned up");
+    s.assert_received();
+    let j = json(&again);
+    assert!(num(&j, "resumed_bytes") >= MIB, "the second run resumed: {j}");
     assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
 }
 

@@ -825,9 +825,13 @@ pub async fn receive_file(
         }
         if let Some(t) = opts.timeout {
             if now.saturating_sub(last.0) >= t {
-                // Tell the sender, which would otherwise wait for ever.
+                // Tell the sender, which would otherwise wait without knowing
+                // why; the partial file and the state stay for a later run.
                 let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
-                m.give_up(now, format!("no progress for {secs} s, waiting for {waiting_for}"));
+                m.stop_resumable(
+                    now,
+                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                );
                 break Err(TransferError::TimedOut { peer, secs, waiting_for });
             }
         }
@@ -871,10 +875,13 @@ pub async fn receive_file(
             Woke::Shutdown => break Err(TransferError::Interrupted),
         }
     };
-    if m.gave_up() {
+    // Stopped with an `abort` for the sender: for good (gave up), or until
+    // a later run (a local failure, the timeout).
+    let told_sender = m.gave_up() || matches!(outcome, Err(TransferError::Failed(_) | TransferError::TimedOut { .. }));
+    if told_sender {
         // The abort for the sender may wait behind other messages (a link
         // writes one at a time): feed the store's answers back until it is
-        // out, for at most SETTLE. Then the transfer is over here too.
+        // out, for at most SETTLE. Given up: the transfer is over here too.
         let until = clock.now() + SETTLE;
         for res in finished_early.drain(..) {
             m.on_result(clock.now(), res);
@@ -886,8 +893,15 @@ pub async fn receive_file(
                 peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
             }
             for o in m.take_outputs() {
-                if let RecvOut::Op(op) = o {
-                    ops.push(op);
+                match o {
+                    RecvOut::Op(op) => ops.push(op),
+                    // Kept for a later run (not given up): saved as it goes.
+                    RecvOut::Persist if !m.gave_up() => {
+                        if let Some(Err(e)) = opts.state_file.as_ref().map(|p| state::save(p, &m.snapshot())) {
+                            tracing::warn!("{e}");
+                        }
+                    }
+                    _ => {}
                 }
             }
             if m.link().all_written() || clock.now() >= until {
@@ -914,15 +928,17 @@ pub async fn receive_file(
             }
         }
         if !m.link().all_written() {
-            tracing::warn!("could not tell {peer} that this side gave up (the store did not take the message in time)");
+            tracing::warn!("could not tell {peer} why this side stopped (the store did not take the message in time)");
         }
         ops.settle(SETTLE).await;
-        target.close();
-        if let Some(o) = m.offer() {
-            let _ = std::fs::remove_file(temp_path(&opts.dir, o));
-        }
-        if let Some(p) = &opts.state_file {
-            state::remove(p);
+        if m.gave_up() {
+            target.close();
+            if let Some(o) = m.offer() {
+                let _ = std::fs::remove_file(temp_path(&opts.dir, o));
+            }
+            if let Some(p) = &opts.state_file {
+                state::remove(p);
+            }
         }
     }
     let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));

@@ -1293,9 +1293,11 @@ impl DftpReceiver {
         self.finished = true;
     }
 
-    /// Gives up from outside (the driver's timeout), as [`RecvOut::GaveUp`].
-    pub fn give_up(&mut self, now: Duration, reason: String) {
-        self.fail(now, reason);
+    /// Stops from outside (the driver's `--timeout`), keeping the partial
+    /// file and the state: the sender is told with a resumable `abort` and
+    /// waits; running the receiver again resumes.
+    pub fn stop_resumable(&mut self, now: Duration, reason: String) {
+        self.stop(now, reason);
     }
 
     /// True once this side gave up ([`RecvOut::GaveUp`]).
