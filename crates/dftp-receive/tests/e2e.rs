@@ -867,6 +867,46 @@ fn a_receiver_that_times_out_tells_the_sender_and_resumes() {
     assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
 }
 
+/// The same for a sender whose `--timeout` runs out: it names what it waited
+/// for, the receiver hears why and waits, and the sender run again resumes;
+/// its rate counts this run's bytes only.
+#[test]
+fn a_sender_that_times_out_tells_the_receiver_and_resumes() {
+    let s = setup("a_sender_that_times_out_tells_the_receiver_and_resumes", "data.bin", 32 * MIB);
+    let send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2", "--timeout", "2"]);
+    let mut recv = spawn_recv(&s.sb, &s.dir, &[]);
+    wait_part(&s, MIB);
+    recv.signal("STOP");
+    let snd = send.wait();
+    recv.signal("CONT");
+    snd.expect_code(1);
+    let err = snd.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(
+        err.starts_with("error: timed out: no progress from bob for 2 s, waiting for the acknowledgement of chunk "),
+        "the timeout names its cause\n{}",
+        snd.describe()
+    );
+    let again = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2", "--json"]).wait();
+    again.expect_ok();
+    let r = recv.wait();
+    r.expect_ok();
+    let told: Vec<&str> = r.stderr_lines().into_iter().filter(|l| l.contains("alice stopped")).collect();
+    assert_eq!(told.len(), 1, "one line\n{}", r.describe());
+    assert!(
+        told[0].contains("alice stopped: it timed out after 2 s without progress, waiting for "),
+        "{}",
+        r.describe()
+    );
+    s.assert_received();
+    let j = json(&again);
+    let (resumed, sent) = (num(&j, "resumed_bytes"), num(&j, "sent_bytes"));
+    assert!(resumed >= MIB && sent < 32 * MIB, "the second run resumed: {j}");
+    let rate = sent as f64 / MIB as f64 / j["seconds"].as_f64().expect("seconds");
+    let reported = j["mb_per_s"].as_f64().expect("mb_per_s");
+    assert!((reported - rate).abs() <= rate * 1e-6, "mb_per_s {reported}, this run's rate {rate}: {j}");
+    assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
 /// A receiver restarted after its partial file was deleted cannot resume:
 /// it says so, tells the sender, and never writes a file with a hole.
 #[test]

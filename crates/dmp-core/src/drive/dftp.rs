@@ -259,7 +259,13 @@ pub async fn send_file(
         }
         if let Some(t) = opts.timeout {
             if now.saturating_sub(last_progress.0) >= t {
+                // Tell the receiver, which would otherwise wait without
+                // knowing why; the state stays for a later run.
                 let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                m.stop_resumable(
+                    now,
+                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                );
                 break Err(TransferError::TimedOut { peer, secs, waiting_for });
             }
         }
@@ -285,7 +291,7 @@ pub async fn send_file(
             Woke::Shutdown => break Err(TransferError::Interrupted),
         }
     };
-    if matches!(outcome, Err(TransferError::Failed(_))) {
+    if matches!(outcome, Err(TransferError::Failed(_) | TransferError::TimedOut { .. })) {
         // The stop notice for the receiver may wait behind a chunk message
         // being written (a link writes one message at a time): feed the
         // store's answers back until it is out, for at most SETTLE.
@@ -327,7 +333,8 @@ pub async fn send_file(
                 file: name,
                 bytes: total,
                 seconds,
-                mb_per_s: total as f64 / 1_048_576.0 / seconds.max(1e-9),
+                // This run's bytes over this run's time (after a resume too).
+                mb_per_s: m.sent_bytes as f64 / 1_048_576.0 / seconds.max(1e-9),
                 sha256,
                 sent_bytes: m.sent_bytes,
                 resumed_bytes: m.resumed_bytes,

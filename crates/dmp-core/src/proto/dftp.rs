@@ -500,6 +500,12 @@ impl DftpSender {
         }
     }
 
+    /// Stops from outside (the driver's `--timeout`), keeping the state, and
+    /// tells the receiver with a resumable `abort`, as [`Self::stop`].
+    pub fn stop_resumable(&mut self, now: Duration, reason: String) {
+        self.stop(now, reason);
+    }
+
     /// Fails for a local reason, and tells the receiver so that it does not
     /// wait without knowing why (see [`Reply::resumable`]).
     fn stop(&mut self, now: Duration, reason: String) {
