@@ -129,6 +129,12 @@ async fn run(cli: Cli) -> Exit {
                     "received {}: {} bytes in {:.2} s ({:.1} MiB/s), sha256 {}",
                     r.path, r.bytes, r.seconds, r.mb_per_s, r.sha256
                 ));
+                if r.resumed_bytes > 0 {
+                    dmp_cli::say(format_args!(
+                        "resumed at {} bytes; this run wrote {} bytes (the rate counts these only)",
+                        r.resumed_bytes, r.written_bytes
+                    ));
+                }
             }
             Exit::Ok
         }

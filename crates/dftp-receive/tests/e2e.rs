@@ -192,6 +192,7 @@ fn round_trip_with(test: &str, size: u64, send_extra: &[&str], recv_extra: &[&st
     }
     assert_eq!(rj["file"], "data.bin");
     assert_eq!(num(&rj, "bytes"), size);
+    assert_eq!((num(&rj, "resumed_bytes"), num(&rj, "written_bytes")), (0, size), "a fresh run writes it all: {rj}");
     assert_eq!(rj["sha256"], s.sha.as_str());
     let path = PathBuf::from(rj["path"].as_str().expect("path is a string"));
     assert_eq!(path.canonicalize().ok(), s.received().canonicalize().ok(), "receiver JSON path");
@@ -342,8 +343,15 @@ fn receiver_killed_and_restarted() {
     send.wait().expect_ok();
     s.assert_received();
     s.assert_clean_after_crash();
-    let written = num(&json(&r), "written_bytes");
+    let j = json(&r);
+    let (written, resumed) = (num(&j, "written_bytes"), num(&j, "resumed_bytes"));
     assert!(written < CRASH_SIZE, "the restarted receiver wrote {written} bytes: the whole file again");
+    assert!(resumed > CRASH_AT / 2, "the restarted receiver counts the bytes written before: {j}");
+    assert_eq!(resumed + written, CRASH_SIZE, "{j}");
+    // The rate counts this run's bytes and time only.
+    let rate = written as f64 / MIB as f64 / j["seconds"].as_f64().expect("seconds");
+    let reported = j["mb_per_s"].as_f64().expect("mb_per_s");
+    assert!((reported - rate).abs() <= rate * 1e-6, "mb_per_s {reported}, this run's rate {rate}: {j}");
 }
 
 #[test]
@@ -456,6 +464,13 @@ fn altered_chunk_is_never_written() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+
+    // One warning, naming the object in the store, at its 5th failure.
+    let key = format!("alice/bob/{}", victim.file_name().expect("name").to_string_lossy());
+    let warned: Vec<String> =
+        recv.stderr_so_far().lines().filter(|l| l.contains("WARN") && l.contains(&key)).map(str::to_owned).collect();
+    assert_eq!(warned.len(), 1, "one warning for chunk {index}: {warned:?}\n{}", recv.stderr_so_far());
+    assert!(warned[0].contains("failed verification 5 times"), "{}", warned[0]);
 
     // Repaired in place (as a late sync would), the transfer completes.
     let f = std::fs::OpenOptions::new().write(true).open(&victim).expect("open chunk");
@@ -809,4 +824,198 @@ fn usage_errors_exit_2_with_one_line() {
     }
     assert_eq!(entries(&s.dir), Vec::<String>::new());
     assert_store_clean(sb);
+}
+
+// ---------------------------------------------------------------------------
+// A receiver that gives up tells the sender
+
+/// A receiver that times out says what it waited for, tells the sender
+/// (which keeps waiting, knowing why), and keeps its partial file and state:
+/// run again, it resumes and the file arrives whole.
+#[test]
+fn a_receiver_that_times_out_tells_the_sender_and_resumes() {
+    let s = setup("a_receiver_that_times_out_tells_the_sender_and_resumes", "data.bin", 32 * MIB);
+    let mut send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2"]);
+    let recv = spawn_recv(&s.sb, &s.dir, &["--timeout", "2"]);
+    wait_part(&s, MIB);
+    send.signal("STOP");
+    let r = recv.wait();
+    send.signal("CONT");
+    r.expect_code(1);
+    let err = r.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(
+        err.starts_with("error: timed out: no progress from alice for 2 s, waiting for chunk "),
+        "the timeout names its cause\n{}",
+        r.describe()
+    );
+    assert_only_part_file(&s);
+    assert!(!files_under(&s.sb.state).is_empty(), "the receiver keeps its state for a later run");
+    let again = spawn_recv(&s.sb, &s.dir, &["--json"]).wait();
+    again.expect_ok();
+    let snd = send.wait();
+    snd.expect_ok();
+    let told: Vec<&str> = snd.stderr_lines().into_iter().filter(|l| l.contains("bob stopped")).collect();
+    assert_eq!(told.len(), 1, "one line\n{}", snd.describe());
+    assert!(
+        told[0].contains("bob stopped: it timed out after 2 s without progress, waiting for chunk "),
+        "{}",
+        snd.describe()
+    );
+    s.assert_received();
+    let j = json(&again);
+    assert!(num(&j, "resumed_bytes") >= MIB, "the second run resumed: {j}");
+    assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
+/// The same for a sender whose `--timeout` runs out: it names what it waited
+/// for, the receiver hears why and waits, and the sender run again resumes;
+/// its rate counts this run's bytes only.
+#[test]
+fn a_sender_that_times_out_tells_the_receiver_and_resumes() {
+    let s = setup("a_sender_that_times_out_tells_the_receiver_and_resumes", "data.bin", 32 * MIB);
+    let send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2", "--timeout", "2"]);
+    let mut recv = spawn_recv(&s.sb, &s.dir, &[]);
+    wait_part(&s, MIB);
+    recv.signal("STOP");
+    let snd = send.wait();
+    recv.signal("CONT");
+    snd.expect_code(1);
+    let err = snd.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(
+        err.starts_with("error: timed out: no progress from bob for 2 s, waiting for the acknowledgement of chunk "),
+        "the timeout names its cause\n{}",
+        snd.describe()
+    );
+    let again = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2", "--json"]).wait();
+    again.expect_ok();
+    let r = recv.wait();
+    r.expect_ok();
+    let told: Vec<&str> = r.stderr_lines().into_iter().filter(|l| l.contains("alice stopped")).collect();
+    assert_eq!(told.len(), 1, "one line\n{}", r.describe());
+    assert!(
+        told[0].contains("alice stopped: it timed out after 2 s without progress, waiting for "),
+        "{}",
+        r.describe()
+    );
+    s.assert_received();
+    let j = json(&again);
+    let (resumed, sent) = (num(&j, "resumed_bytes"), num(&j, "sent_bytes"));
+    assert!(resumed >= MIB && sent < 32 * MIB, "the second run resumed: {j}");
+    let rate = sent as f64 / MIB as f64 / j["seconds"].as_f64().expect("seconds");
+    let reported = j["mb_per_s"].as_f64().expect("mb_per_s");
+    assert!((reported - rate).abs() <= rate * 1e-6, "mb_per_s {reported}, this run's rate {rate}: {j}");
+    assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
+/// A receiver restarted after its partial file was deleted cannot resume:
+/// it says so, tells the sender, and never writes a file with a hole.
+#[test]
+fn a_resumed_receiver_without_its_partial_file_gives_up() {
+    let s = setup("a_resumed_receiver_without_its_partial_file_gives_up", "big.bin", CRASH_SIZE);
+    let send = spawn_send(&s.sb, &s.src, &["-b", "256k"]);
+    let recv = spawn_recv(&s.sb, &s.dir, &[]);
+    wait_part(&s, CRASH_AT);
+    crash(recv);
+    std::fs::remove_file(s.part_file().expect("the partial file")).expect("remove it");
+    let r = spawn_recv(&s.sb, &s.dir, &[]).wait();
+    r.expect_code(1);
+    assert!(r.stderr.contains("error: cannot resume: the partial file"), "{}", r.describe());
+    let snd = send.wait();
+    snd.expect_code(1);
+    assert!(
+        snd.stderr_lines()
+            .iter()
+            .any(|l| l.starts_with("error: bob gave up on the transfer: cannot resume: the partial file")),
+        "{}",
+        snd.describe()
+    );
+    assert_eq!(entries(&s.dir), Vec::<String>::new(), "nothing written");
+    assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
+// ---------------------------------------------------------------------------
+// A store outage
+
+/// The receiver's directory in the store becomes unusable for a while (moved
+/// away, a file in its place: every write of the receiver fails): one
+/// warning, one line when it answers again (`-v`), and the transfer completes.
+#[test]
+fn a_store_outage_is_warned_once() {
+    let s = setup("a_store_outage_is_warned_once", "data.bin", 32 * MIB);
+    let send = spawn_send(&s.sb, &s.src, &["-b", "64k", "--window", "2"]);
+    let mut recv = spawn_recv(&s.sb, &s.dir, &["-v"]);
+    wait_part(&s, MIB);
+    recv.signal("STOP");
+    let (mine, away) = (s.sb.store.join(RECEIVER), s.sb.store.join("bob.away"));
+    std::fs::rename(&mine, &away).expect("move bob's directory away");
+    std::fs::write(&mine, b"not a directory").expect("a file in its place");
+    recv.signal("CONT");
+    std::thread::sleep(Duration::from_millis(2000));
+    std::fs::remove_file(&mine).expect("remove the file");
+    std::fs::rename(&away, &mine).expect("move it back");
+    let r = recv.wait();
+    r.expect_ok();
+    send.wait().expect_ok();
+    s.assert_received();
+    s.assert_clean();
+    let lines = r.stderr_lines();
+    let warned: Vec<&&str> = lines.iter().filter(|l| l.contains("the store fails")).collect();
+    assert_eq!(warned.len(), 1, "one warning per outage\n{}", r.describe());
+    assert!(warned[0].contains("WARN"), "{}", r.describe());
+    let back = lines.iter().filter(|l| l.contains("the store answers again")).count();
+    assert_eq!(back, 1, "one line at its end\n{}", r.describe());
+}
+
+// ---------------------------------------------------------------------------
+// A receiver restarted after `finished`
+
+/// The sender is stopped (SIGSTOP) before it reads the receiver's
+/// `finished`: the receiver waits 10 s, warns, keeps its files and state,
+/// and exits 0 with the file in place. Run again while the sender is still
+/// stopped, it sends nothing again; once the sender goes on and
+/// acknowledges, it cleans up (its state last) and exits 0, as does the
+/// sender.
+#[test]
+fn a_receiver_restarted_after_finished_sends_nothing_again() {
+    for attempt in 1..=3 {
+        let s = setup("a_receiver_restarted_after_finished_sends_nothing_again", "data.bin", 8 * MIB);
+        let mut send = spawn_send(&s.sb, &s.src, &["-b", "256k"]);
+        let recv = spawn_recv(&s.sb, &s.dir, &[]);
+        // Stop the sender as the last bytes land, before it reads finished.
+        let t = Instant::now();
+        while s.part_len() < s.size && !s.received().exists() && t.elapsed() < TIMEOUT {}
+        send.signal("STOP");
+        let r = recv.wait();
+        if !r.stderr.contains("has neither acknowledged") {
+            eprintln!("attempt {attempt}: the sender read finished before it was stopped\n{}", r.describe());
+            send.signal("CONT");
+            send.wait();
+            continue;
+        }
+        r.expect_ok();
+        assert_eq!(sha256_file(&s.received()), s.sha, "the file is in place");
+        let states = files_under(&s.sb.state);
+        assert!(states.iter().any(|p| p.to_string_lossy().contains("receive-")), "state kept: {states:?}");
+        let msgs = || -> Vec<String> {
+            entries(&s.sb.outbox(RECEIVER, SENDER)).into_iter().filter(|n| n.ends_with(".msg")).collect()
+        };
+        let before = msgs();
+        assert!(!before.is_empty(), "files kept in the store for the sender");
+
+        let mut again = spawn_recv(&s.sb, &s.dir, &[]);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(again.is_running(), "waits for the sender's acknowledgement");
+        assert_eq!(msgs(), before, "nothing sent again");
+        send.signal("CONT");
+        let t = Instant::now();
+        let r2 = again.wait();
+        r2.expect_ok();
+        assert!(t.elapsed() < Duration::from_secs(8), "ends once acknowledged: {:?}\n{}", t.elapsed(), r2.describe());
+        assert!(!r2.stderr.contains("has neither acknowledged"), "{}", r2.describe());
+        send.wait().expect_ok();
+        s.assert_received();
+        s.assert_clean();
+        return;
+    }
+    panic!("the sender read finished before it could be stopped, three times");
 }

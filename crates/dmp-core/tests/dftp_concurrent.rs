@@ -51,7 +51,9 @@ async fn transfer(seed: u64, size: usize, block: u64, window: u64) -> usize {
                         s.on_read(now, index, Ok(b));
                     }
                     SendOut::Finished { sha256 } => sent = Some(sha256),
-                    SendOut::Refused(e) | SendOut::Failed(e) => panic!("seed {seed}: sender: {e}"),
+                    SendOut::Refused(e) | SendOut::Aborted(e) | SendOut::Failed(e) => {
+                        panic!("seed {seed}: sender: {e}")
+                    }
                     _ => {}
                 }
             }
@@ -70,7 +72,9 @@ async fn transfer(seed: u64, size: usize, block: u64, window: u64) -> usize {
                     }
                     RecvOut::Finalize { .. } => r.on_finalized(now, Ok(())),
                     RecvOut::Finished { sha256 } => received = Some(sha256),
-                    RecvOut::Refused(e) | RecvOut::Failed(e) => panic!("seed {seed}: receiver: {e}"),
+                    RecvOut::Refused(e) | RecvOut::GaveUp(e) | RecvOut::Failed(e) => {
+                        panic!("seed {seed}: receiver: {e}")
+                    }
                     _ => {}
                 }
             }
@@ -144,7 +148,7 @@ async fn a_receiver_that_stops_for_a_full_disk_is_waited_for_and_resumes() {
                 }
                 SendOut::PeerStopped(why) => stopped.push(why),
                 SendOut::Finished { sha256 } => sent = Some(sha256),
-                SendOut::Refused(e) | SendOut::Failed(e) => panic!("sender: {e}"),
+                SendOut::Refused(e) | SendOut::Aborted(e) | SendOut::Failed(e) => panic!("sender: {e}"),
                 _ => {}
             }
         }

@@ -554,7 +554,9 @@ impl Transfer {
                         let d = Bytes::copy_from_slice(&self.src[offset as usize..(offset + len) as usize]);
                         self.snd.on_read(self.now, index, Ok(d));
                     }
-                    SendOut::Refused(r) | SendOut::Failed(r) => self.failed.push(format!("sender: {r}")),
+                    SendOut::Refused(r) | SendOut::Aborted(r) | SendOut::Failed(r) => {
+                        self.failed.push(format!("sender: {r}"))
+                    }
                     SendOut::Rejected { key, reason } => self.rejected.push((key.to_string(), reason)),
                     _ => {}
                 }
@@ -595,8 +597,11 @@ impl Transfer {
                     }
                     RecvOut::Finalize { .. } => self.rcv.on_finalized(now, Ok(())),
                     RecvOut::Finished { .. } => self.finished = true,
-                    RecvOut::Refused(r) | RecvOut::Failed(r) => self.failed.push(format!("receiver: {r}")),
+                    RecvOut::Refused(r) | RecvOut::GaveUp(r) | RecvOut::Failed(r) => {
+                        self.failed.push(format!("receiver: {r}"))
+                    }
                     RecvOut::Rejected { key, reason } => self.rejected.push((key.to_string(), reason)),
+                    RecvOut::KeepsFailing { .. } => {}
                     RecvOut::PeerStopped(r) => self.failed.push(format!("sender stopped: {r}")),
                     RecvOut::Persist | RecvOut::Discard { .. } | RecvOut::StoreError(_) => {}
                 }

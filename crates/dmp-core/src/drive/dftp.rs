@@ -2,11 +2,11 @@
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
 use super::security::{PeerKey, Security};
-use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
+use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
 use crate::proto::dftp::{
-    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState,
+    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState, WARN_AFTER_FAILS,
 };
 use crate::proto::dftp_msg::{Offer, check_file_name, parse_chunk_object_name};
 use crate::state;
@@ -28,8 +28,12 @@ pub enum TransferError {
     /// Verification failed beyond retries, the peer aborted, a local file failed.
     #[error("{0}")]
     Failed(String),
-    #[error("timed out: no progress from {peer} for {secs} s")]
-    TimedOut { peer: String, secs: u64 },
+    /// The receiver gave up (its `abort`, not resumable): over for good.
+    #[error("{peer} gave up on the transfer: {reason}")]
+    Aborted { peer: String, reason: String },
+    /// No progress for the `--timeout`; `waiting_for` names what was due.
+    #[error("timed out: no progress from {peer} for {secs} s, waiting for {waiting_for}")]
+    TimedOut { peer: String, secs: u64, waiting_for: String },
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
     /// The store or a local path cannot be used at all (exit 2).
@@ -184,6 +188,7 @@ pub async fn send_file(
     let mut finished_early = Vec::new();
     m.wake(clock.now());
     let mut peer_key = PeerKey::default();
+    let mut outage = Outage::default();
     let outcome = loop {
         let mut ended = None;
         if opts.security.is_some() {
@@ -194,6 +199,7 @@ pub async fn send_file(
         // `Persist` precedes every later output.
         loop {
             for res in finished_early.drain(..) {
+                outage.observe(clock.now(), &res);
                 m.on_result(clock.now(), res);
             }
             let outs = m.take_outputs();
@@ -221,6 +227,9 @@ pub async fn send_file(
                     }
                     SendOut::Accepted => tracing::info!("{peer} accepted the offer"),
                     SendOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
+                    SendOut::Aborted(reason) => {
+                        ended = Some(Err(TransferError::Aborted { peer: peer.to_string(), reason }))
+                    }
                     SendOut::Failed(r) => {
                         // A stop notice for the receiver may be queued: on its way first.
                         finished_early.extend(ops.kick());
@@ -234,7 +243,7 @@ pub async fn send_file(
                         tracing::debug!("not yet usable: {key}: {reason}");
                         peer_key.rejected(clock.now(), &reason);
                     }
-                    SendOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
+                    SendOut::StoreError(e) => tracing::debug!("{e} (retrying)"),
                 }
             }
         }
@@ -250,12 +259,22 @@ pub async fn send_file(
         }
         if let Some(t) = opts.timeout {
             if now.saturating_sub(last_progress.0) >= t {
-                break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
+                // Tell the receiver, which would otherwise wait without
+                // knowing why; the state stays for a later run.
+                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                m.stop_resumable(
+                    now,
+                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                );
+                break Err(TransferError::TimedOut { peer, secs, waiting_for });
             }
         }
         let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
-            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Done(res) => {
+                outage.observe(clock.now(), &res);
+                m.on_result(clock.now(), res)
+            }
             Woke::Key(k) => {
                 let Some(sec) = &opts.security else { continue };
                 match peer_key.looked(sec, k, clock.now(), &mut on_key) {
@@ -272,13 +291,14 @@ pub async fn send_file(
             Woke::Shutdown => break Err(TransferError::Interrupted),
         }
     };
-    if matches!(outcome, Err(TransferError::Failed(_))) {
+    if matches!(outcome, Err(TransferError::Failed(_) | TransferError::TimedOut { .. })) {
         // The stop notice for the receiver may wait behind a chunk message
         // being written (a link writes one message at a time): feed the
         // store's answers back until it is out, for at most SETTLE.
         let until = clock.now() + SETTLE;
         // Answers the loop above collected and did not feed back.
         for res in finished_early.drain(..) {
+            outage.observe(clock.now(), &res);
             m.on_result(clock.now(), res);
         }
         while !m.link().all_written() && clock.now() < until {
@@ -288,7 +308,10 @@ pub async fn send_file(
                 }
             }
             match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
-                Woke::Done(res) => m.on_result(clock.now(), res),
+                Woke::Done(res) => {
+                    outage.observe(clock.now(), &res);
+                    m.on_result(clock.now(), res)
+                }
                 Woke::Wake | Woke::Key(_) => {}
                 Woke::Shutdown => break,
             }
@@ -310,19 +333,20 @@ pub async fn send_file(
                 file: name,
                 bytes: total,
                 seconds,
-                mb_per_s: total as f64 / 1_048_576.0 / seconds.max(1e-9),
+                // This run's bytes over this run's time (after a resume too).
+                mb_per_s: m.sent_bytes as f64 / 1_048_576.0 / seconds.max(1e-9),
                 sha256,
                 sent_bytes: m.sent_bytes,
                 resumed_bytes: m.resumed_bytes,
             })
         }
-        Err(TransferError::Refused(r)) => {
+        Err(e @ (TransferError::Refused(_) | TransferError::Aborted { .. })) => {
             // Over for good: leave nothing behind.
             cleanup_link_dir(store, m.link().out_dir()).await;
             if let Some(p) = &opts.state_file {
                 state::remove(p);
             }
-            Err(TransferError::Refused(r))
+            Err(e)
         }
         Err(e) => Err(e),
     }
@@ -385,7 +409,9 @@ pub struct RecvReport {
     pub seconds: f64,
     pub mb_per_s: f64,
     pub sha256: String,
-    /// Bytes written by this run.
+    /// Bytes already in the partial file from an earlier run (resumed).
+    pub resumed_bytes: u64,
+    /// Bytes written by this run: `mb_per_s` counts these over `seconds`.
     pub written_bytes: u64,
 }
 
@@ -715,6 +741,7 @@ pub async fn receive_file(
     let mut finished_early = Vec::new();
     m.wake(clock.now());
     let mut peer_key = PeerKey::default();
+    let mut outage = Outage::default();
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
         if opts.security.is_some() {
@@ -723,6 +750,7 @@ pub async fn receive_file(
         // As in `send_file`: store operations queued, the rest done in order.
         loop {
             for res in finished_early.drain(..) {
+                outage.observe(clock.now(), &res);
                 m.on_result(clock.now(), res);
             }
             let outs = m.take_outputs();
@@ -774,7 +802,10 @@ pub async fn receive_file(
                         let _ = std::fs::remove_file(temp_path(&opts.dir, &offer));
                     }
                     RecvOut::Refused(r) => ended = Some(Err(TransferError::Refused(r))),
-                    RecvOut::Failed(r) => ended = Some(Err(TransferError::Failed(r))),
+                    RecvOut::Failed(r) | RecvOut::GaveUp(r) => ended = Some(Err(TransferError::Failed(r))),
+                    RecvOut::KeepsFailing { key, reason } => {
+                        tracing::warn!("{key} failed verification {WARN_AFTER_FAILS} times ({reason}); still retrying")
+                    }
                     RecvOut::PeerStopped(r) => {
                         tracing::warn!("{peer} stopped: {r}; waiting for it to resume (run dftp-send again there)")
                     }
@@ -783,7 +814,7 @@ pub async fn receive_file(
                         tracing::debug!("not yet usable: {key}: {reason}");
                         peer_key.rejected(clock.now(), &reason);
                     }
-                    RecvOut::StoreError(e) => tracing::warn!("{e} (retrying)"),
+                    RecvOut::StoreError(e) => tracing::debug!("{e} (retrying)"),
                 }
             }
         }
@@ -801,7 +832,14 @@ pub async fn receive_file(
         }
         if let Some(t) = opts.timeout {
             if now.saturating_sub(last.0) >= t {
-                break Err(TransferError::TimedOut { peer: peer.to_string(), secs: t.as_secs() });
+                // Tell the sender, which would otherwise wait without knowing
+                // why; the partial file and the state stay for a later run.
+                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                m.stop_resumable(
+                    now,
+                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                );
+                break Err(TransferError::TimedOut { peer, secs, waiting_for });
             }
         }
         let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
@@ -824,7 +862,10 @@ pub async fn receive_file(
             }
         };
         match woke {
-            Woke::Done(res) => m.on_result(clock.now(), res),
+            Woke::Done(res) => {
+                outage.observe(clock.now(), &res);
+                m.on_result(clock.now(), res)
+            }
             Woke::Key(k) => {
                 let Some(sec) = &opts.security else { continue };
                 match peer_key.looked(sec, k, clock.now(), &mut on_key) {
@@ -841,17 +882,98 @@ pub async fn receive_file(
             Woke::Shutdown => break Err(TransferError::Interrupted),
         }
     };
+    // Stopped with an `abort` for the sender: for good (gave up), or until
+    // a later run (a local failure, the timeout).
+    let told_sender = m.gave_up() || matches!(outcome, Err(TransferError::Failed(_) | TransferError::TimedOut { .. }));
+    if told_sender {
+        // The abort for the sender may wait behind other messages (a link
+        // writes one at a time): feed the store's answers back until it is
+        // out, for at most SETTLE. Given up: the transfer is over here too.
+        let until = clock.now() + SETTLE;
+        for res in finished_early.drain(..) {
+            m.on_result(clock.now(), res);
+        }
+        loop {
+            // (A resumed receiver may give up before it has the key that
+            // seals its abort: the look-up goes on.)
+            if opts.security.is_some() {
+                peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
+            }
+            for o in m.take_outputs() {
+                match o {
+                    RecvOut::Op(op) => ops.push(op),
+                    // Kept for a later run (not given up): saved as it goes.
+                    RecvOut::Persist if !m.gave_up() => {
+                        if let Some(Err(e)) = opts.state_file.as_ref().map(|p| state::save(p, &m.snapshot())) {
+                            tracing::warn!("{e}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if m.link().all_written() || clock.now() >= until {
+                break;
+            }
+            let at = peer_key.deadline(m.deadline(), m.needs_key()).map_or(until, |d| d.min(until));
+            match ops.wait(&mut changes, &clock, at, &mut shutdown).await {
+                Woke::Done(res) => {
+                    outage.observe(clock.now(), &res);
+                    m.on_result(clock.now(), res)
+                }
+                Woke::Key(k) => {
+                    if let Some(sec) = &opts.security {
+                        if let Ok(Some(c)) = peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                            m.set_crypto(clock.now(), c);
+                        }
+                    }
+                }
+                Woke::Wake => {
+                    peer_key.woke();
+                    m.wake(clock.now());
+                }
+                Woke::Shutdown => break,
+            }
+        }
+        if !m.link().all_written() {
+            tracing::warn!("could not tell {peer} why this side stopped (the store did not take the message in time)");
+        }
+        ops.settle(SETTLE).await;
+        if m.gave_up() {
+            target.close();
+            if let Some(o) = m.offer() {
+                let _ = std::fs::remove_file(temp_path(&opts.dir, o));
+            }
+            if let Some(p) = &opts.state_file {
+                state::remove(p);
+            }
+        }
+    }
     let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));
     if over_for_good {
         // Let the sender read our last message (finished or refused), then
         // leave nothing behind; but if the sender has not read it yet (a slow
         // sync), leave it for a sender that is still waiting.
-        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, opts.state_file.as_deref(), &mut shutdown).await;
+        let keys = (opts.security.as_ref(), &mut peer_key, &mut on_key as &mut dyn FnMut(KeyNotice));
+        let state_file = opts.state_file.as_deref();
+        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, state_file, keys, &mut shutdown).await;
         ops.settle(SETTLE).await;
-        if m.link().unacked() == 0 || m.link().peer_gone() {
+        if m.last_message_acked() || m.link().peer_gone() {
             cleanup_link_dir(store, m.link().out_dir()).await;
-        }
-        if let Some(p) = &opts.state_file {
+            // Last: a run that stops before this point finds the state
+            // and finishes the clean-up.
+            if let Some(p) = &opts.state_file {
+                state::remove(p);
+            }
+        } else if outcome.is_ok() {
+            // The file is verified and in place; the sender has not read
+            // `finished` yet (a slow sync, or it is stopped): leave it there,
+            // and the state, for the next run to finish the clean-up.
+            tracing::warn!(
+                "{peer} has neither acknowledged that the file arrived nor gone away within {} s; \
+                 leaving my files in the store for it (run dftp-receive again later to clean up)",
+                opts.linger.as_secs()
+            );
+        } else if let Some(p) = &opts.state_file {
             state::remove(p);
         }
     }
@@ -863,8 +985,9 @@ pub async fn receive_file(
         path: final_path.unwrap_or_else(|| opts.dir.join(&offer.name)).display().to_string(),
         bytes: offer.size,
         seconds,
-        mb_per_s: offer.size as f64 / 1_048_576.0 / seconds.max(1e-9),
+        mb_per_s: m.written_bytes as f64 / 1_048_576.0 / seconds.max(1e-9),
         sha256,
+        resumed_bytes: m.resumed_bytes,
         written_bytes: m.written_bytes,
     })
 }
@@ -873,6 +996,9 @@ pub async fn receive_file(
 /// has cleaned up, at most `max`. The link's state is still saved when it
 /// asks: a message number it recovered must be on disk before an
 /// acknowledged message is deleted, or a restart would use it again.
+/// A secure link opens nothing without the peer's key: a receiver restarted
+/// after `finished` lingers at once, so the look-up goes on here.
+#[allow(clippy::too_many_arguments)]
 async fn linger(
     ops: &mut OpRunner<'_>,
     m: &mut DftpReceiver,
@@ -880,11 +1006,17 @@ async fn linger(
     changes: &mut crate::store::Changes,
     max: Duration,
     state_file: Option<&std::path::Path>,
+    keys: (Option<&Security>, &mut PeerKey, &mut dyn FnMut(KeyNotice)),
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) {
+    let (security, peer_key, on_key) = keys;
+    let peer = m.link().peer().clone();
     let until = clock.now() + max;
     let mut pace = Pace::new(Poller::new(Duration::from_millis(20), Duration::from_millis(500)), Duration::ZERO);
     loop {
+        if security.is_some() {
+            peer_key.look(ops, &peer, m.needs_key(), clock.now());
+        }
         for o in m.take_outputs() {
             match o {
                 RecvOut::Op(op) => ops.push(op),
@@ -896,17 +1028,30 @@ async fn linger(
                 _ => {}
             }
         }
-        if m.link().unacked() == 0 || m.link().peer_gone() || clock.now() >= until {
+        if m.last_message_acked() || m.link().peer_gone() || clock.now() >= until {
             return;
         }
-        let at = pace.until(clock.now(), Some(until), ops);
+        let deadline = peer_key.deadline(m.deadline(), m.needs_key());
+        let at = pace.until(clock.now(), Some(deadline.map_or(until, |d| d.min(until))), ops);
         match ops.wait(changes, clock, at, shutdown).await {
             Woke::Done(res) => m.on_result(clock.now(), res),
             Woke::Wake => {
                 pace.woke(ops);
+                peer_key.woke();
                 m.wake(clock.now());
             }
-            Woke::Key(_) => {}
+            Woke::Key(k) => {
+                if let Some(sec) = security {
+                    match peer_key.looked(sec, k, clock.now(), on_key) {
+                        Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            return;
+                        }
+                    }
+                }
+            }
             Woke::Shutdown => return,
         }
     }

@@ -893,10 +893,15 @@ async fn publish_key(store: &dyn Store, security: &Option<Security>, loud: bool)
 
 /// True when the store's answer to `res` was an error.
 fn op_failed(res: &OpResult) -> bool {
+    op_error(res).is_some()
+}
+
+/// The store's error in its answer to `res`, if it failed.
+pub(crate) fn op_error(res: &OpResult) -> Option<&StoreError> {
     match res {
-        OpResult::Listed(_, r) => r.is_err(),
-        OpResult::Got(_, r) => r.is_err(),
-        OpResult::Put(_, r) | OpResult::Deleted(_, r) => r.is_err(),
+        OpResult::Listed(_, r) => r.as_ref().err(),
+        OpResult::Got(_, r) => r.as_ref().err(),
+        OpResult::Put(_, r) | OpResult::Deleted(_, r) => r.as_ref().err(),
     }
 }
 
@@ -918,25 +923,77 @@ async fn lost_my_files(store: &dyn Store, me: &PeerId, heads: &std::collections:
 }
 
 /// A run of failed store operations, from the first failure to the first
-/// success after it.
+/// success after it: a driver warns of its first failure only, and logs its
+/// end (the ping tools and both DFTP drivers).
 #[derive(Default)]
-struct Outage {
-    since: Option<Duration>,
+pub(crate) struct Outage {
+    pub(crate) since: Option<Duration>,
     /// The first failure was passed on.
-    reported: bool,
+    pub(crate) reported: bool,
+    /// For [`Outage::observe`]: reads (list, get) and writes (put, delete)
+    /// that failed and have not succeeded since.
+    failing: [bool; 2],
 }
 
 impl Outage {
-    fn failed(&mut self, now: Duration) {
+    pub(crate) fn failed(&mut self, now: Duration) {
         self.since.get_or_insert(now);
     }
 
     /// A success: the outage's length in seconds, if one was under way.
-    fn ended(&mut self, now: Duration) -> Option<f64> {
+    pub(crate) fn ended(&mut self, now: Duration) -> Option<f64> {
         let since = self.since.take()?;
         self.reported = false;
         Some(now.saturating_sub(since).as_secs_f64())
     }
+
+    /// Notes the store's answer to one operation and logs it: the first
+    /// failure of an outage is a warning, the others of the same outage are
+    /// logged at debug level only; its end is an info line.
+    pub(crate) fn observe(&mut self, now: Duration, res: &OpResult) {
+        match self.note(now, res) {
+            OutageNote::Began(e) => {
+                tracing::warn!("the store fails: {e} (retrying; not reported again until it answers)")
+            }
+            OutageNote::Still(e) => tracing::debug!("{e} (still retrying)"),
+            OutageNote::Ended(secs) => tracing::info!("the store answers again after {secs:.1} s; going on"),
+            OutageNote::Fine => {}
+        }
+    }
+
+    /// What [`Outage::observe`] logs. The outage ends once each kind of
+    /// operation that failed (reads, writes) has succeeded again: while only
+    /// writes fail, the reads that still work do not end it (which would
+    /// warn again at the next failed write).
+    fn note(&mut self, now: Duration, res: &OpResult) -> OutageNote {
+        let class = usize::from(matches!(res, OpResult::Put(..) | OpResult::Deleted(..)));
+        match op_error(res) {
+            Some(e) => {
+                self.failed(now);
+                self.failing[class] = true;
+                if std::mem::replace(&mut self.reported, true) {
+                    OutageNote::Still(e.to_string())
+                } else {
+                    OutageNote::Began(e.to_string())
+                }
+            }
+            None => {
+                self.failing[class] = false;
+                match self.failing == [false; 2] {
+                    true => self.ended(now).map_or(OutageNote::Fine, OutageNote::Ended),
+                    false => OutageNote::Fine,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum OutageNote {
+    Began(String),
+    Still(String),
+    Ended(f64),
+    Fine,
 }
 
 pub mod dftp;
@@ -944,6 +1001,29 @@ pub mod dftp;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DFTP store outage is one warning and one info line, however many
+    /// requests fail meanwhile; reads that still work while writes fail do
+    /// not end it.
+    #[test]
+    fn an_outage_is_reported_once_and_its_end_once() {
+        let k = Key::new(["bob", "alice", "ack"]).unwrap();
+        let err = || StoreError::Io { store: "s".into(), op: "put", key: k.to_string(), msg: "down".into() };
+        let put_err = || OpResult::Put(k.clone(), Err(err()));
+        let s = Duration::from_secs;
+        let mut o = Outage::default();
+        assert_eq!(o.note(s(0), &OpResult::Put(k.clone(), Ok(()))), OutageNote::Fine);
+        assert!(matches!(o.note(s(1), &put_err()), OutageNote::Began(e) if e.contains("down")));
+        for i in 2..20 {
+            assert!(matches!(o.note(s(i), &put_err()), OutageNote::Still(_)));
+            assert_eq!(o.note(s(i), &OpResult::Got(k.clone(), Ok(None))), OutageNote::Fine, "a read works");
+        }
+        assert!(matches!(o.note(s(20), &OpResult::Got(k.clone(), Err(err()))), OutageNote::Still(_)));
+        assert_eq!(o.note(s(21), &OpResult::Put(k.clone(), Ok(()))), OutageNote::Fine, "reads still failing");
+        assert_eq!(o.note(s(22), &OpResult::Got(k.clone(), Ok(None))), OutageNote::Ended(21.0));
+        assert_eq!(o.note(s(23), &OpResult::Got(k.clone(), Ok(None))), OutageNote::Fine);
+        assert!(matches!(o.note(s(30), &put_err()), OutageNote::Began(_)), "the next outage is reported again");
+    }
 
     #[test]
     fn poller_doubles_to_the_ceiling() {

@@ -109,8 +109,12 @@ pub enum SendOut {
     Persist,
     /// The receiver accepted.
     Accepted,
-    /// The receiver refused, or aborted: the transfer is over (exit 1).
+    /// The receiver refused the offer: the transfer is over (exit 1).
     Refused(String),
+    /// The receiver gave up (its `abort` without `resumable`: a verification
+    /// failed beyond retries, it timed out, its partial file is gone): the
+    /// transfer is over (exit 1).
+    Aborted(String),
     /// This side cannot go on (the file changed or cannot be read): exit 1,
     /// keeping the state so that a later run may resume.
     Failed(String),
@@ -333,6 +337,22 @@ impl DftpSender {
         self.finished
     }
 
+    /// What the sender waits for, for a timeout's message.
+    pub fn waiting_for(&self) -> String {
+        if self.needs_key() {
+            return format!("the key of {}", self.link.peer());
+        }
+        match self.st.phase {
+            SendPhase::Offered => "an answer to the offer".into(),
+            SendPhase::Sending => match self.st.published.values().next() {
+                Some(p) => format!("the acknowledgement of chunk {}", p.index),
+                None => format!("chunk {} to be stored", self.st.next_index),
+            },
+            SendPhase::DoneSent => "the receiver's finished message".into(),
+            SendPhase::Finished => "nothing (finished)".into(),
+        }
+    }
+
     /// The state to persist: a consistent cut in which every chunk counted
     /// as published has its message written.
     pub fn snapshot(&self) -> SenderState {
@@ -478,6 +498,12 @@ impl DftpSender {
             self.out.push(SendOut::Failed(reason));
             self.finished = true;
         }
+    }
+
+    /// Stops from outside (the driver's `--timeout`), keeping the state, and
+    /// tells the receiver with a resumable `abort`, as [`Self::stop`].
+    pub fn stop_resumable(&mut self, now: Duration, reason: String) {
+        self.stop(now, reason);
     }
 
     /// Fails for a local reason, and tells the receiver so that it does not
@@ -698,7 +724,11 @@ impl DftpSender {
             Kind::Refuse | Kind::Abort => {
                 let reason = reply.reason.unwrap_or_else(|| "no reason given".into());
                 let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
-                self.out.push(SendOut::Refused(reason));
+                self.out.push(if env.kind == Kind::Abort {
+                    SendOut::Aborted(reason)
+                } else {
+                    SendOut::Refused(reason)
+                });
                 self.finished = true;
             }
             Kind::Finished => {
@@ -751,6 +781,11 @@ impl DftpSender {
 // ---------------------------------------------------------------------------
 // Receiver
 
+/// At this many failed verifications of one chunk object the receiver
+/// warns ([`RecvOut::KeepsFailing`]); it goes on fetching it until
+/// [`RecvConfig::bad_chunk_timeout`].
+pub const WARN_AFTER_FAILS: u32 = 5;
+
 /// Receiver settings.
 #[derive(Clone, Debug)]
 pub struct RecvConfig {
@@ -790,7 +825,14 @@ pub struct ReceiverState {
     /// Chunks `[0, next_index)` are written to the temporary file.
     pub next_index: u64,
     pub file_sha256: Option<String>,
+    /// The sequence number of my `finished` message, once sent.
+    #[serde(default)]
+    pub finished_seq: Option<u64>,
 }
+
+/// How often a finished receiver reads the sender's head while it waits
+/// for the acknowledgement of `finished` (is the sender still there?).
+pub const FINISHED_HEAD_EVERY: Duration = Duration::from_millis(500);
 
 /// What the receiver asks of its driver or tells its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -833,8 +875,20 @@ pub enum RecvOut {
     Finished {
         sha256: String,
     },
-    /// The transfer failed (reported to the sender where possible): exit 1.
+    /// The transfer failed for a reason that a later run may overcome (the
+    /// state is kept), or the sender aborted it: exit 1.
     Failed(String),
+    /// This side gave up for good (a verification failed beyond retries,
+    /// a timeout, a partial file gone): an `abort` without `resumable` is
+    /// on its way to the sender; the driver lets it reach the store, then
+    /// removes the partial file and the state. Exit 1.
+    GaveUp(String),
+    /// A chunk object failed verification for the [`WARN_AFTER_FAILS`]th
+    /// time (a warning naming its key; it is still fetched again).
+    KeepsFailing {
+        key: Key,
+        reason: String,
+    },
     /// The sender stopped for a reason of its own and will resume when run
     /// again: the receiver tells the user and waits.
     PeerStopped(String),
@@ -877,8 +931,14 @@ pub struct DftpReceiver {
     retry_at: Option<Duration>,
     /// Bytes written by this run.
     pub written_bytes: u64,
+    /// Bytes written by earlier runs, when this one started (resumed).
+    pub resumed_bytes: u64,
     out: Vec<RecvOut>,
     finished: bool,
+    /// This side gave up ([`RecvOut::GaveUp`]).
+    gave_up: bool,
+    /// Restarted after `finished` was sent: see `finished_written_check`.
+    check_finished: bool,
     crypto: Option<PeerCrypto>,
 }
 
@@ -898,6 +958,7 @@ impl DftpReceiver {
             offer: None,
             next_index: 0,
             file_sha256: None,
+            finished_seq: None,
         });
         let link = Link::new(me, peer, cfg.link.clone(), resumed.then(|| st.link.clone()), fresh_session);
         let mut r = DftpReceiver {
@@ -912,11 +973,15 @@ impl DftpReceiver {
             bad: BTreeMap::new(),
             retry_at: None,
             written_bytes: 0,
+            resumed_bytes: 0,
             out: Vec::new(),
             finished: false,
+            gave_up: false,
+            check_finished: false,
             crypto: None,
         };
         if resumed {
+            r.resumed_bytes = r.done_bytes();
             match (r.st.phase, r.st.offer.clone()) {
                 (RecvPhase::Receiving | RecvPhase::Finalizing, Some(offer)) => {
                     // Reopen the temporary file; the hash is rebuilt from it.
@@ -925,7 +990,15 @@ impl DftpReceiver {
                 }
                 (RecvPhase::Finished, Some(offer)) => {
                     let sha = r.st.file_sha256.clone().unwrap_or_default();
-                    r.send_reply(now, Kind::Finished, &offer.transfer, None, Some(sha.clone()));
+                    if r.st.finished_seq.is_some() {
+                        // Sent before: nothing to send or do again, unless
+                        // the listing of my outbox shows it never got there.
+                        r.check_finished = true;
+                        r.link.watch_head_every(FINISHED_HEAD_EVERY);
+                    } else {
+                        // A state file from before `finished_seq` was saved.
+                        r.send_finished(now, &offer.transfer, sha.clone());
+                    }
                     r.out.push(RecvOut::Finished { sha256: sha });
                     r.finished = true;
                 }
@@ -1017,6 +1090,7 @@ impl DftpReceiver {
         }
         self.link.on_result(now, res);
         self.drain(now);
+        self.finished_written_check(now);
         self.pump(now);
     }
 
@@ -1049,14 +1123,14 @@ impl DftpReceiver {
                 // Verified and renamed into place just before a crash.
                 let sha = self.st.file_sha256.clone().unwrap_or_default();
                 self.st.phase = RecvPhase::Finished;
-                self.send_reply(now, Kind::Finished, &offer.transfer, None, Some(sha.clone()));
-                self.out.push(RecvOut::Persist);
+                self.send_finished(now, &offer.transfer, sha.clone());
                 self.out.push(RecvOut::Finished { sha256: sha });
                 self.finished = true;
             }
+            // The partial file is gone (or cannot be opened): give up, and
+            // tell the sender, rather than write a file with a hole.
             Err(reason) if resume => {
-                self.out.push(RecvOut::Failed(format!("cannot resume: {reason}")));
-                self.finished = true;
+                self.fail(now, format!("cannot resume: {reason}"));
             }
             Err(reason) => {
                 self.refuse(now, seq, &offer.transfer, reason);
@@ -1102,9 +1176,8 @@ impl DftpReceiver {
                 }
             }
             Err(e) => {
-                self.out.push(RecvOut::Failed(format!("cannot resume: reading the partial file failed: {e}")));
-                self.finished = true;
                 self.rehash_next = None;
+                self.fail(now, format!("cannot resume: reading the partial file failed: {e}"));
             }
         }
         self.pump(now);
@@ -1121,7 +1194,7 @@ impl DftpReceiver {
             Ok(()) => {
                 self.st.phase = RecvPhase::Finished;
                 self.st.file_sha256 = Some(done.sha256.clone());
-                self.send_reply(now, Kind::Finished, &done.transfer, None, Some(done.sha256.clone()));
+                self.send_finished(now, &done.transfer, done.sha256.clone());
                 self.queue.pop_front();
                 self.link.commit(now, seq);
                 self.out.push(RecvOut::Finished { sha256: done.sha256 });
@@ -1146,10 +1219,42 @@ impl DftpReceiver {
         transfer: &str,
         reason: Option<String>,
         sha256: Option<String>,
-    ) {
+    ) -> u64 {
         let body = serde_json::to_vec(&Reply { transfer: transfer.to_owned(), reason, sha256, resumable: false })
             .expect("serializable");
-        self.link.send(now, kind, body);
+        self.link.send(now, kind, body)
+    }
+
+    /// Sends `finished` (saved with its number, so that a restart neither
+    /// sends it again nor redoes anything) and waits for its acknowledgement.
+    fn send_finished(&mut self, now: Duration, transfer: &str, sha256: String) {
+        let seq = self.send_reply(now, Kind::Finished, transfer, None, Some(sha256));
+        self.st.finished_seq = Some(seq);
+        self.out.push(RecvOut::Persist);
+        self.link.watch_head_every(FINISHED_HEAD_EVERY);
+    }
+
+    /// True once the last message I sent (`finished`, `refuse`) is
+    /// acknowledged by the sender; a restarted receiver learns it only
+    /// once its outbox was listed and the sender's `ack` read.
+    pub fn last_message_acked(&self) -> bool {
+        self.link.recovered() && !self.check_finished && self.link.unacked() == 0
+    }
+
+    /// A restarted receiver that had sent `finished`: once its outbox is
+    /// listed, sends it again only if it never reached the store.
+    fn finished_written_check(&mut self, now: Duration) {
+        if !self.check_finished || !self.link.recovered() {
+            return;
+        }
+        self.check_finished = false;
+        let (Some(seq), Some(o)) = (self.st.finished_seq, self.st.offer.clone()) else { return };
+        if self.link.state().next_seq <= seq {
+            tracing::debug!("finished was not written before the restart; sending it again");
+            let sha = self.st.file_sha256.clone().unwrap_or_default();
+            self.send_finished(now, &o.transfer, sha);
+            self.drain(now);
+        }
     }
 
     fn refuse(&mut self, now: Duration, seq: u64, transfer: &str, reason: String) {
@@ -1178,6 +1283,8 @@ impl DftpReceiver {
         self.finished = true;
     }
 
+    /// Gives up for good: tells the sender with an `abort` that is not
+    /// resumable, whose write goes out ahead of [`RecvOut::GaveUp`].
     fn fail(&mut self, now: Duration, reason: String) {
         if self.finished {
             return;
@@ -1185,9 +1292,47 @@ impl DftpReceiver {
         if let Some(o) = &self.st.offer {
             let t = o.transfer.clone();
             self.send_reply(now, Kind::Abort, &t, Some(reason.clone()), None);
+            self.drain(now);
         }
-        self.out.push(RecvOut::Failed(reason));
+        self.gave_up = true;
+        self.out.push(RecvOut::GaveUp(reason));
         self.finished = true;
+    }
+
+    /// Stops from outside (the driver's `--timeout`), keeping the partial
+    /// file and the state: the sender is told with a resumable `abort` and
+    /// waits; running the receiver again resumes.
+    pub fn stop_resumable(&mut self, now: Duration, reason: String) {
+        self.stop(now, reason);
+    }
+
+    /// True once this side gave up ([`RecvOut::GaveUp`]).
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+
+    /// What the receiver waits for, for a timeout's message.
+    pub fn waiting_for(&self) -> String {
+        if self.needs_key() {
+            return format!("the key of {}", self.link.peer());
+        }
+        if self.preparing.is_some() || self.rehash_next.is_some() {
+            return "the partial file to be reopened".into();
+        }
+        match (self.st.phase, &self.st.offer) {
+            (RecvPhase::Receiving, Some(o)) if self.st.next_index < o.chunks() => {
+                let n = self.st.next_index;
+                let why = match self.bad.get(&n) {
+                    Some((fails, ..)) => format!(", whose object failed {fails} time(s)"),
+                    None => String::new(),
+                };
+                format!("chunk {n} of {}{why}", o.chunks())
+            }
+            (RecvPhase::Receiving, Some(_)) => "the done message".into(),
+            (RecvPhase::Finalizing, _) => "the file to be stored".into(),
+            (RecvPhase::Finished, _) => "the acknowledgement of finished".into(),
+            _ => "the offer".into(),
+        }
     }
 
     fn pop_committed(&mut self, seq: u64) {
@@ -1223,6 +1368,7 @@ impl DftpReceiver {
                     self.st.phase = RecvPhase::Waiting;
                     self.st.next_index = 0;
                     self.queue.clear();
+                    self.resumed_bytes = 0;
                 }
                 if self.preparing.is_some() || self.st.phase != RecvPhase::Waiting {
                     self.queue.push_back((seq, Item::Other));
@@ -1356,6 +1502,9 @@ impl DftpReceiver {
                 if present_but_wrong {
                     tracing::debug!("{reason}; fetching again (attempt {fails})");
                     self.out.push(RecvOut::Rejected { key: key.clone(), reason: reason.clone() });
+                    if fails == WARN_AFTER_FAILS {
+                        self.out.push(RecvOut::KeepsFailing { key: key.clone(), reason: reason.clone() });
+                    }
                     if now.saturating_sub(first) >= self.cfg.bad_chunk_timeout {
                         self.fail(
                             now,
@@ -1490,3 +1639,7 @@ impl DftpReceiver {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dftp_tests.rs"]
+mod tests;

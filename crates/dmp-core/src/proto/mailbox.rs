@@ -265,6 +265,8 @@ pub struct Link {
     last_delivery: Option<Duration>,
     /// The peer's head file was seen, then found absent: it cleaned up.
     peer_gone: bool,
+    /// See [`Link::watch_head_every`].
+    head_watch: Option<Duration>,
     /// Since when, and in how many reads in a row, the peer's head was absent.
     head_absent: Option<(Duration, u32)>,
     fetch_fail: BTreeMap<u64, (u32, Duration)>,
@@ -336,6 +338,7 @@ impl Link {
             last_head_read: None,
             last_delivery: None,
             peer_gone: false,
+            head_watch: None,
             head_absent: None,
             fetch_fail: BTreeMap::new(),
             ack_put_pending: false,
@@ -427,6 +430,20 @@ impl Link {
         Ok(env)
     }
 
+    /// True once my outbox was listed at the start (see [`Link::new`]):
+    /// until then, messages written by an earlier run are not counted in
+    /// [`Link::unacked`].
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// Reads the peer's head every `every` from now on (asking for a wake
+    /// for it), whatever [`LinkConfig::head_every`] says: a party that has
+    /// finished watches whether the peer is still there.
+    pub fn watch_head_every(&mut self, every: Duration) {
+        self.head_watch = Some(every);
+    }
+
     /// True when the peer's head file, once seen, has disappeared: the peer
     /// finished and removed its files.
     pub fn peer_gone(&self) -> bool {
@@ -501,6 +518,11 @@ impl Link {
         } else if head_due {
             self.read_head(now);
         }
+        if let (Some(every), Some(t)) = (self.head_watch, self.last_head_read) {
+            if t + every > now {
+                self.schedule(t + every);
+            }
+        }
         if !self.inflight.is_empty() && !self.ack_get_pending && self.ack_retry.due(now) {
             self.ack_get_pending = true;
             self.out.push(Output::Op(Op::Get(self.ack_key_in.clone(), MAX_ACK_LEN)));
@@ -523,6 +545,9 @@ impl Link {
     /// How long after the last read the peer's head is read again: see
     /// [`LinkConfig::head_every`].
     fn head_interval(&self, now: Duration) -> Duration {
+        if let Some(every) = self.head_watch {
+            return every;
+        }
         let receiving = self.last_delivery.is_some_and(|t| now.saturating_sub(t) < self.cfg.head_every);
         // Once the head reads as absent (the peer may have finished, or be
         // restarting), watch it closely until it is back or confirmed gone.

@@ -188,7 +188,8 @@ impl Sender {
                         let s = serde_json::to_string(&self.m.as_ref()?.snapshot()).expect("state serializes");
                         self.life.save(s);
                     }
-                    SendOut::Refused(r) => self.ended = Some(End::Refused(r)),
+                    // Both over for good: the sender cleans up.
+                    SendOut::Refused(r) | SendOut::Aborted(r) => self.ended = Some(End::Refused(r)),
                     SendOut::Failed(r) => self.ended = Some(End::Failed(r)),
                     SendOut::Finished { sha256 } => self.ended = Some(End::Finished(sha256)),
                     SendOut::Accepted | SendOut::PeerStopped(_) | SendOut::Rejected { .. } | SendOut::StoreError(_) => {
@@ -436,13 +437,13 @@ impl Receiver {
                         self.dir.remove(&temp_name(&offer));
                     }
                     RecvOut::Refused(r) => self.ended = Some(End::Refused(r)),
-                    RecvOut::Failed(r) => self.ended = Some(End::Failed(r)),
+                    RecvOut::Failed(r) | RecvOut::GaveUp(r) => self.ended = Some(End::Failed(r)),
                     RecvOut::PeerStopped(_) => {}
                     RecvOut::Finished { sha256 } => {
                         self.finished_sha.get_or_insert(sha256.clone());
                         self.ended = Some(End::Finished(sha256));
                     }
-                    RecvOut::Rejected { .. } | RecvOut::StoreError(_) => {}
+                    RecvOut::Rejected { .. } | RecvOut::KeepsFailing { .. } | RecvOut::StoreError(_) => {}
                 }
             }
         }
@@ -506,6 +507,14 @@ impl Node for Receiver {
                     env.log(|| "receiver lingers".into());
                 }
                 Some(End::Failed(_)) => {
+                    if m.gave_up() {
+                        // As the real driver: over for good (the abort is
+                        // written: this store performs operations at once).
+                        if let Some(o) = m.offer() {
+                            self.dir.remove(&temp_name(o));
+                        }
+                        self.life.remove_state();
+                    }
                     self.life.ended = true;
                     let e = self.ended.clone();
                     env.log(|| format!("receiver ends: {e:?}"));
@@ -516,20 +525,24 @@ impl Node for Receiver {
         }
         match self.linger_until {
             Some(until) => {
-                let link = m.link();
-                if link.unacked() == 0 || link.peer_gone() || env.now >= until {
-                    // As the real driver: clean up unless our last message
-                    // is still unread by a sender that is still there.
-                    if link.unacked() == 0 || link.peer_gone() {
+                let settled = m.last_message_acked() || m.link().peer_gone();
+                if settled || env.now >= until {
+                    // As the real driver: clean up (the state last) unless
+                    // our last message is still unread by a sender that is
+                    // still there; then a finished receiver keeps both.
+                    if settled {
                         let dir = out_dir(&self.me, &self.peer);
                         cleanup(env, store, self.me.as_str(), &dir);
+                        self.life.remove_state();
+                    } else if !matches!(self.ended, Some(End::Finished(_))) {
+                        self.life.remove_state();
                     }
-                    self.life.remove_state();
                     self.life.ended = true;
                     let e = self.ended.clone();
                     env.log(|| format!("receiver ends: {e:?}"));
                 } else {
-                    self.life.schedule(env, Some(until));
+                    let at = m.deadline().map_or(until, |d| d.min(until));
+                    self.life.schedule(env, Some(at));
                 }
             }
             None => {
