@@ -278,6 +278,9 @@ struct Receiver {
     /// What the receiver first reported as finished.
     finished_sha: Option<String>,
     expected_name: String,
+    /// As the sender's: a resumed receiver may get the peer's key only at
+    /// its next turn (also when it resumes finished, or gives up at once).
+    key_late: Option<crate::crypto::PeerCrypto>,
 }
 
 fn temp_name(offer: &Offer) -> String {
@@ -297,8 +300,14 @@ impl Receiver {
             self.life.fresh_session(env.now),
             env.now,
         );
+        let resumed = self.life.saved.is_some();
+        self.key_late = None;
         if let Some(c) = env.crypto(&self.me, &self.peer) {
-            m.set_crypto(env.now, c);
+            if resumed && env.rng.bool() {
+                self.key_late = Some(c);
+            } else {
+                m.set_crypto(env.now, c);
+            }
         }
         self.last = (m.done_bytes(), m.phase());
         m.wake(env.now);
@@ -484,6 +493,10 @@ impl Node for Receiver {
         if self.life.down_until.take().is_some() {
             self.start(env);
         } else if let Some(m) = self.m.as_mut() {
+            if let Some(c) = self.key_late.take() {
+                env.log(|| "receiver: the peer's key arrives".to_string());
+                m.set_crypto(env.now, c);
+            }
             m.wake(env.now);
         }
         if let Some(at) = self.step(env, store) {
@@ -638,6 +651,7 @@ pub(super) fn run(env: &mut Env) -> ScenarioEnd {
         last: (0, RecvPhase::Waiting),
         finished_sha: None,
         expected_name: name.clone(),
+        key_late: None,
     };
     s.life.down_until = Some(Duration::from_millis(env.rng.u64(..2000)));
     r.life.down_until = Some(Duration::from_millis(env.rng.u64(..2000)));
