@@ -7,8 +7,9 @@ use std::str::FromStr;
 pub const MAX_ID_LEN: usize = 64;
 
 /// The rule a peer id must follow, quoted in every error about one.
-pub const ID_RULE: &str =
-    "1 to 64 characters of lower-case ASCII letters, digits, '-', '_' and '.', not starting with '.'";
+pub const ID_RULE: &str = "1 to 64 characters of lower-case ASCII letters, digits, '-', '_' and '.', not starting \
+     or ending with '.', and not a device name Windows reserves (con, prn, aux, nul, com1-9, lpt1-9, with or \
+     without an extension)";
 
 /// A validated peer id: safe to use as a path component on every store.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,12 +41,27 @@ impl PeerId {
     }
 }
 
-/// True when `s` follows [`ID_RULE`].
+/// True when `s` follows [`ID_RULE`]. An id is a directory name in the
+/// store, which a sync client may carry to Windows: there a reserved device
+/// name or a trailing dot cannot be a directory at all.
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && !s.starts_with('.')
+        && !s.ends_with('.')
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && !is_windows_device_name(s)
+}
+
+/// True when Windows reserves `name` for a device, whatever the case and
+/// extension: CON, PRN, AUX, NUL, COM1-9 and LPT1-9, also with a
+/// superscript digit (COM¹, LPT³), as in `nul.txt` or `Com1`.
+pub fn is_windows_device_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+    let device_digit =
+        |rest: &str| matches!(rest, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³");
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || stem.strip_prefix("COM").or_else(|| stem.strip_prefix("LPT")).is_some_and(device_digit)
 }
 
 impl FromStr for PeerId {
@@ -85,6 +101,19 @@ mod tests {
         {
             let err = PeerId::new(bad).unwrap_err();
             assert!(err.to_string().contains("lower-case ASCII"), "{err}");
+        }
+    }
+
+    /// Ids are directories in a store that a sync client may carry to
+    /// Windows, which cannot create these.
+    #[test]
+    fn rejects_names_windows_cannot_create() {
+        for bad in ["con", "nul", "aux", "prn", "com1", "lpt9", "nul.x", "con.d.e", "bob.", "a.."] {
+            let err = PeerId::new(bad).unwrap_err();
+            assert!(err.to_string().contains("Windows reserves"), "{err}");
+        }
+        for ok in ["console", "nullx", "com10", "com0", "lpt", "auxiliary", "bob.x", "a.b.c", "co.n"] {
+            assert!(PeerId::new(ok).is_ok(), "{ok}");
         }
     }
 

@@ -150,14 +150,7 @@ pub fn check_file_name(name: &str) -> Result<(), BadName> {
     if name.chars().any(bad_char) {
         return Err(BadName::Control(shown()));
     }
-    let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
-    // COM1-9 and LPT1-9, and with a superscript digit (COM¹, LPT³): Windows
-    // reserves those too.
-    let device_digit =
-        |rest: &str| matches!(rest, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³");
-    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
-        || stem.strip_prefix("COM").or_else(|| stem.strip_prefix("LPT")).is_some_and(device_digit);
-    if reserved || name.ends_with('.') || name.ends_with(' ') {
+    if crate::id::is_windows_device_name(name) || name.ends_with('.') || name.ends_with(' ') {
         return Err(BadName::Reserved(shown()));
     }
     Ok(())
