@@ -389,11 +389,15 @@ pub fn parse_from<T: Parser>(args: impl IntoIterator<Item = std::ffi::OsString>)
     }
 }
 
-/// The one line printed for a usage error (exit code 2).
+/// The one line printed for a usage error (exit code 2): clap's first
+/// paragraph, its lines joined (the missing arguments are listed on lines of
+/// their own below "the following required arguments were not provided:").
 fn usage_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid usage");
-    format!("{} (see --help)", first.trim_end())
+    let first: Vec<&str> =
+        text.lines().skip_while(|l| l.trim().is_empty()).take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let line = if first.is_empty() { "error: invalid usage".to_owned() } else { first.join(" ") };
+    format!("{line} (see --help)")
 }
 
 /// What the hidden `--generate` flag of every tool writes: a man page
@@ -591,6 +595,22 @@ mod tests {
         let line = usage_line(&e);
         assert!(line.starts_with("error: ") && line.ends_with(" (see --help)"), "{line}");
         line
+    }
+
+    /// A missing argument is named in the one line, not left on the lines
+    /// clap lists it on.
+    #[test]
+    fn a_missing_argument_is_named() {
+        #[derive(Parser, Debug)]
+        struct Two {
+            first: String,
+            second: String,
+        }
+        let e = Two::try_parse_from(["tool", "x"]).expect_err("a usage error");
+        assert_eq!(usage_line(&e), "error: the following required arguments were not provided: <SECOND> (see --help)");
+        let e = Two::try_parse_from(["tool", "x", "y", "--nope"]).expect_err("a usage error");
+        let line = usage_line(&e);
+        assert!(line.starts_with("error: unexpected argument '--nope' found") && !line.contains('\n'), "{line}");
     }
 
     #[test]
