@@ -189,6 +189,7 @@ pub async fn send_file(
     m.wake(clock.now());
     let mut peer_key = PeerKey::default();
     let mut outage = Outage::default();
+    let mut mode_warned = false;
     let outcome = loop {
         let mut ended = None;
         if opts.security.is_some() {
@@ -240,7 +241,7 @@ pub async fn send_file(
                     }
                     SendOut::Finished { sha256 } => ended = Some(Ok(sha256)),
                     SendOut::Rejected { key, reason } => {
-                        tracing::debug!("not yet usable: {key}: {reason}");
+                        log_rejected(&mut mode_warned, &key, &reason);
                         peer_key.rejected(clock.now(), &reason);
                     }
                     SendOut::StoreError(e) => tracing::debug!("{e} (retrying)"),
@@ -349,6 +350,17 @@ pub async fn send_file(
             Err(e)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Logs a file of the peer's that is not usable (yet): at debug level, as
+/// most are still being written or synced; but the two parties disagreeing
+/// on encryption is a setting to fix, which the user hears of (once).
+fn log_rejected(warned: &mut bool, key: &Key, reason: &str) {
+    if crate::proto::mailbox::is_mode_mismatch(reason) && !std::mem::replace(warned, true) {
+        tracing::warn!("ignored {key}: {reason}");
+    } else {
+        tracing::debug!("not yet usable: {key}: {reason}");
     }
 }
 
@@ -742,6 +754,7 @@ pub async fn receive_file(
     m.wake(clock.now());
     let mut peer_key = PeerKey::default();
     let mut outage = Outage::default();
+    let mut mode_warned = false;
     let outcome: Result<String, TransferError> = loop {
         let mut ended = None;
         if opts.security.is_some() {
@@ -811,7 +824,7 @@ pub async fn receive_file(
                     }
                     RecvOut::Finished { sha256 } => ended = Some(Ok(sha256)),
                     RecvOut::Rejected { key, reason } => {
-                        tracing::debug!("not yet usable: {key}: {reason}");
+                        log_rejected(&mut mode_warned, &key, &reason);
                         peer_key.rejected(clock.now(), &reason);
                     }
                     RecvOut::StoreError(e) => tracing::debug!("{e} (retrying)"),

@@ -340,7 +340,7 @@ impl DftpSender {
     /// What the sender waits for, for a timeout's message.
     pub fn waiting_for(&self) -> String {
         if self.needs_key() {
-            return format!("the key of {}", self.link.peer());
+            return key_awaited(self.link.peer());
         }
         match self.st.phase {
             SendPhase::Offered => "an answer to the offer".into(),
@@ -780,6 +780,13 @@ impl DftpSender {
 
 // ---------------------------------------------------------------------------
 // Receiver
+
+/// What a secure party waits for before the peer's key is known, with the
+/// likely cause when it never comes: a peer that runs in plaintext
+/// publishes no key.
+fn key_awaited(peer: &PeerId) -> String {
+    format!("the key of {peer} (which publishes none if it runs with --insecure-plaintext)")
+}
 
 /// At this many failed verifications of one chunk object the receiver
 /// warns ([`RecvOut::KeepsFailing`]); it goes on fetching it until
@@ -1314,7 +1321,7 @@ impl DftpReceiver {
     /// What the receiver waits for, for a timeout's message.
     pub fn waiting_for(&self) -> String {
         if self.needs_key() {
-            return format!("the key of {}", self.link.peer());
+            return key_awaited(self.link.peer());
         }
         if self.preparing.is_some() || self.rehash_next.is_some() {
             return "the partial file to be reopened".into();

@@ -209,6 +209,18 @@ impl ReadBackoff {
     }
 }
 
+/// Why a sealed message is refused by a party that runs in plaintext.
+pub const SEALED_BUT_PLAINTEXT_HERE: &str = "encrypted message, but this side runs with --insecure-plaintext";
+/// Why a plaintext message is refused by a party that encrypts.
+pub const PLAINTEXT_BUT_SEALED_HERE: &str =
+    "plaintext message refused: encryption is on here (does the peer run with --insecure-plaintext?)";
+
+/// True when `reason` (of a rejected file) says the two parties disagree on
+/// encryption: a setting to fix, not a file still syncing.
+pub fn is_mode_mismatch(reason: &str) -> bool {
+    reason.contains(SEALED_BUT_PLAINTEXT_HERE) || reason.contains(PLAINTEXT_BUT_SEALED_HERE)
+}
+
 /// One party's end of a two-way reliable channel with one peer.
 #[derive(Debug)]
 pub struct Link {
@@ -412,17 +424,10 @@ impl Link {
     fn open(&self, mut env: Envelope) -> Result<Envelope, String> {
         let sealed = env.flags & FLAG_ENCRYPTED != 0;
         if !self.cfg.secure {
-            return if sealed {
-                Err("encrypted message, but this side runs with --insecure-plaintext".into())
-            } else {
-                Ok(env)
-            };
+            return if sealed { Err(SEALED_BUT_PLAINTEXT_HERE.into()) } else { Ok(env) };
         }
         if !sealed {
-            return Err(
-                "plaintext message refused: encryption is on here (does the peer run with --insecure-plaintext?)"
-                    .into(),
-            );
+            return Err(PLAINTEXT_BUT_SEALED_HERE.into());
         }
         let c = self.crypto.as_ref().ok_or("no key for the peer yet")?;
         let aad = env.aad();
