@@ -760,6 +760,13 @@ impl Link {
         };
         self.recover_pending = false;
         self.recovered = true;
+        // Past this, a number found was not written since the state was last
+        // saved unless that save was lost (at most a window of messages is
+        // unacknowledged). It is adopted all the same, as reusing a number
+        // the peer may have read would be worse; but a planted file there
+        // would stall the link, so it is named.
+        let far = self.state.next_seq.saturating_add(self.cfg.window);
+        let mut far_found = None;
         for name in names {
             let Some((session, seq)) = parse_msg_name(&name) else { continue };
             let key = self.out_dir.join(&name).expect("valid name");
@@ -771,12 +778,22 @@ impl Link {
                 self.out.push(Output::Op(Op::Delete(key)));
             } else {
                 // Written before a crash: keep it in flight, and never reuse its number.
+                if seq >= far {
+                    far_found.get_or_insert(key);
+                }
                 self.inflight.insert(seq, OutMsg::Written);
                 if seq >= self.state.next_seq {
                     self.state.next_seq = seq + 1;
                     self.dirty = true;
                 }
             }
+        }
+        if let Some(key) = far_found {
+            tracing::warn!(
+                "my outbox holds {key}, far past the messages written since my state was saved (was the state \
+                 file restored from an older copy?); if this party did not write it, the peer will wait for ever \
+                 on the messages before it"
+            );
         }
         // Sequence numbers between acked and next_seq that are not in the
         // store were already written and deleted, or never written because
