@@ -138,7 +138,11 @@ async fn run(cli: Cli) -> Exit {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return Exit::Failed;
+            // A store that refuses my writes for good: no request was made.
+            return match e {
+                dmp_core::keys::KeyError::Store(_) => Exit::Usage,
+                _ => Exit::Failed,
+            };
         }
     };
     let st = summary.stats();

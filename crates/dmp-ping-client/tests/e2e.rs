@@ -262,7 +262,9 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn one_line(stderr: &str, what: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    // (A party's first run says that it created its key.)
+    let lines: Vec<&str> =
+        stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("created a key for ")).collect();
     assert_eq!(lines.len(), 1, "{what}: expected one line on stderr, got:\n{stderr}");
     lines[0].to_owned()
 }
@@ -570,19 +572,98 @@ fn restart_server_under(env: &Env, server: &mut Proc, client: &mut Proc, sig: &s
 
 #[test]
 fn a_server_that_cannot_write_its_outbox_still_stops_on_sigterm() {
-    // A file where the server's outbox directory should be: every write
-    // fails. The server retries with back-off, answers nothing, and still
-    // stops at once when told to.
+    // Its outbox replaced by a file while it runs: every write fails. The
+    // server retries with back-off, answers nothing, and still stops at
+    // once when told to. (A file there at start-up is an error: see
+    // `a_store_that_refuses_the_outbox_is_a_store_error_at_once`.)
     let env = Env::new();
-    std::fs::create_dir_all(env.store()).unwrap();
-    std::fs::write(env.store().join("bob"), b"not a directory").unwrap();
     let mut server = env.server("bob");
+    let key = env.store().join("bob").join("key");
+    let deadline = Instant::now() + PATIENCE;
+    while !key.is_file() {
+        assert!(Instant::now() < deadline, "the server published no key:\n{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::rename(env.store().join("bob"), env.logs().join("bob.away")).unwrap();
+    std::fs::write(env.store().join("bob"), b"not a directory").unwrap();
     let (code, out, _) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "1"]);
     assert_eq!(code, 1, "{out}");
     server.signal("TERM");
     let st = server.wait();
-    assert_eq!(st.code(), Some(0), "server exit: {st}");
+    assert_eq!(st.code(), Some(0), "server exit: {st}\nstderr:\n{}", server.stderr());
     assert_eq!(std::fs::read(env.store().join("bob")).unwrap(), b"not a directory");
+}
+
+/// A store that lists but refuses to take my outbox for good (here a file
+/// where the outbox directory must be created; `a_read_only_store_...`
+/// below mounts a read-only one): each tool stops at once with exit code 2
+/// and one line naming the path, as dftp-send and dftp-receive do. Before,
+/// the client reported "2 sent, 0 received, 100% loss" (exit 1) without
+/// having written a request, and the server ran on, answering nothing.
+#[test]
+fn a_store_that_refuses_the_outbox_is_a_store_error_at_once() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.store()).unwrap();
+    for (name, me, args) in [
+        ("dmp-ping-client", "alice", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1"]),
+        ("dmp-ping-client", "alice", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1", "--json"]),
+        ("dmp-ping-server", "bob", vec!["bob"]),
+    ] {
+        let outbox = env.store().join(me);
+        std::fs::write(&outbox, b"not a directory").unwrap();
+        let t = Instant::now();
+        let (code, out, err) = env.run(name, &env.store(), &args);
+        assert_eq!(code, 2, "{name} {args:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{name}: exit 2 after {:?}", t.elapsed());
+        let line = one_line(&err, name);
+        assert!(line.starts_with("error: ") && line.contains("is not a directory"), "{name}: {line}");
+        assert!(line.contains(&format!("store/{me} ")), "{name}: {line}");
+        assert!(!out.contains("sent"), "{name}: no ping summary for a store error:\n{out}");
+        assert_eq!(std::fs::read(&outbox).unwrap(), b"not a directory");
+        std::fs::remove_file(&outbox).unwrap();
+    }
+}
+
+/// A tmpfs mounted read-only as the store (needs root; skipped with a
+/// message otherwise): both ping tools stop at once with exit code 2 and
+/// one line saying the file system is read-only.
+#[test]
+fn a_read_only_store_is_a_store_error_at_once() {
+    let env = Env::new();
+    let store = env.store();
+    std::fs::create_dir_all(&store).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&store)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_read_only_store_is_a_store_error_at_once: cannot mount a tmpfs (run as root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let _unmount = Unmount(store.clone());
+    for (name, args) in [
+        ("dmp-ping-client", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1", "-q"]),
+        ("dmp-ping-client", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1", "--json"]),
+        ("dmp-ping-server", vec!["bob"]),
+    ] {
+        let t = Instant::now();
+        let (code, out, err) = env.run(name, &store, &args);
+        assert_eq!(code, 2, "{name} {args:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{name}: exit 2 after {:?}", t.elapsed());
+        let line = one_line(&err, name);
+        assert!(line.starts_with("error: ") && line.contains("Read-only file system"), "{name}: {line}");
+        assert!(!out.contains("sent"), "{name}: no ping summary for a store error:\n{out}");
+    }
 }
 
 #[test]
