@@ -166,8 +166,11 @@ async fn run(cli: Cli) -> Exit {
     } else {
         say(format_args!(""));
         say(format_args!("--- {} ping statistics ---", cli.server));
+        // Requests that never reached the store, as ping(8)'s "+N errors".
+        let unwritten =
+            if summary.unwritten > 0 { format!(", +{} not written", summary.unwritten) } else { String::new() };
         say(format_args!(
-            "{} sent, {} received, {}% loss",
+            "{} sent, {} received{unwritten}, {}% loss",
             summary.sent,
             summary.received,
             fmt_pct(summary.loss_pct())

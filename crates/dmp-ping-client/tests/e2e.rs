@@ -220,17 +220,34 @@ fn replies(stdout: &str, server: &str) -> Vec<u64> {
         .collect()
 }
 
-/// `(sent, received, loss)` from the `N sent, M received, X% loss` line.
+/// `(sent, received, loss)` from the `N sent, M received, X% loss` line
+/// (checked to have no `+K not written` part: see [`full_summary`]).
 fn summary(stdout: &str) -> (u64, u64, String) {
+    let (sent, received, unwritten, loss) = full_summary(stdout);
+    assert_eq!(unwritten, 0, "{stdout}");
+    (sent, received, loss)
+}
+
+/// `(sent, received, not written, loss)` from the summary line, which has
+/// a `+K not written` part when K requests never reached the store.
+fn full_summary(stdout: &str) -> (u64, u64, u64, String) {
     let line =
         stdout.lines().find(|l| l.contains(" sent, ")).unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
-    let parts: Vec<&str> = line.split(", ").collect();
+    let mut parts: Vec<&str> = line.split(", ").collect();
+    let unwritten = match parts.len() {
+        4 => {
+            let part = parts.remove(2);
+            let n = part.strip_prefix('+').and_then(|p| p.strip_suffix(" not written"));
+            n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"))
+        }
+        _ => 0,
+    };
     assert_eq!(parts.len(), 3, "summary {line:?}");
     let sent = parts[0].strip_suffix(" sent").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     let recv = parts[1].strip_suffix(" received").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     let loss = parts[2].strip_suffix(" loss").unwrap_or_else(|| panic!("{line:?}"));
     assert!(loss.ends_with('%'), "{line:?}");
-    (sent, recv, loss.to_owned())
+    (sent, recv, unwritten, loss.to_owned())
 }
 
 /// The four numbers of `rtt min/avg/max/mdev = a/b/c/d ms`.
@@ -321,8 +338,10 @@ fn no_server_means_total_loss_and_exit_1() {
     let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "0.5"]);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(replies(&out, "bob").is_empty());
-    assert_eq!(summary(&out), (2, 0, "100%".to_owned()));
-    assert!(out.contains("100% loss"), "{out}");
+    // Without the server's key nothing can be sealed: no request reached
+    // the store, and "sent" says so (before, it counted requests made).
+    assert_eq!(full_summary(&out), (0, 0, 2, "100%".to_owned()));
+    assert!(out.contains("0 sent, 0 received, +2 not written, 100% loss"), "{out}");
     // The client leaves nothing behind in its outbox.
     assert!(files_below(&env.store().join("alice")).is_empty(), "{:?}", files_below(&env.store()));
     // Without a reply there is no round trip to report: null, not zeros.
@@ -330,6 +349,15 @@ fn no_server_means_total_loss_and_exit_1() {
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout is JSON");
     assert_eq!((v["received"].as_u64(), v["rtt_ms"].is_null()), (Some(0), true), "{v}");
+    assert_eq!((v["sent"].as_u64(), v["loss_pct"].as_f64()), (Some(0), Some(100.0)), "{v}");
+    // With the server's key pinned the requests are written: sent, and lost.
+    let _server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    drop(_server);
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "0.5"]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(summary(&out), (2, 0, "100%".to_owned()));
 }
 
 /// A server outbox on a host that accepts and never answers: before, the
@@ -350,7 +378,7 @@ fn a_server_outbox_that_never_answers_does_not_hang_the_client() {
     let t = Instant::now();
     let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "-W", "2", "--peer-outbox", &outbox]);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
-    assert_eq!(summary(&out), (1, 0, "100%".to_owned()));
+    assert_eq!(full_summary(&out), (0, 0, 1, "100%".to_owned()), "no key of bob, nothing written");
     assert!(t.elapsed() < Duration::from_secs(15), "-W 2 ended after {:?}", t.elapsed());
     let mut client = env.client(&["bob", "alice", "--peer-outbox", &outbox]);
     client.wait_stdout("the header", |o| o.starts_with("PING "));
@@ -750,6 +778,8 @@ fn sigint_before_any_reply_exits_1_with_a_summary() {
     let st = client.wait();
     let out = client.stdout();
     assert_eq!(st.code(), Some(1), "stdout:\n{out}\nstderr:\n{}", client.stderr());
-    let (_, received, loss) = summary(&out);
-    assert_eq!((received, loss.as_str()), (0, "100%"), "{out}");
+    // No server, no key to seal with: nothing was written.
+    let (sent, received, unwritten, loss) = full_summary(&out);
+    assert_eq!((sent, received, loss.as_str()), (0, 0, "100%"), "{out}");
+    assert!(unwritten >= 1, "{out}");
 }
