@@ -84,6 +84,12 @@ async fn run(cli: Cli) -> Exit {
         Ok(s) => s,
         Err(exit) => return exit,
     };
+    // One writer per outbox: a second client with the same ids would take
+    // this one's replies.
+    let _lock = match dmp_cli::lock_link("dmp-ping-client", &spec.identity(), &cli.client, &cli.server) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
     let text = !cli.json;
     let quiet = cli.common.quiet;
     // Once stdout is gone (`| head -1`), the run stops as on Ctrl-C: the

@@ -540,6 +540,42 @@ fn two_clients_ping_one_server_at_once() {
     }
 }
 
+/// Two clients with the same ids write the same outbox and take each
+/// other's replies: before, one reported 5/5 and the other 1/5 with exit
+/// code 0 and no warning. Now the second stops at once with exit code 2
+/// and one line, and the first runs on undisturbed; so does a second
+/// server with the same id.
+#[test]
+fn a_second_run_with_the_same_ids_is_refused_at_once() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let mut first = env.client(&["bob", "alice", "-c", "8", "-i", "0.2"]);
+    first.wait_stdout("a first reply", |o| !replies(o, "bob").is_empty());
+    let t = Instant::now();
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "5", "-i", "0.2"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refused after {:?}", t.elapsed());
+    let line = one_line(&err, "second client");
+    assert!(
+        line.starts_with("error: another dmp-ping-client from alice to bob through this store is running"),
+        "{line}"
+    );
+    assert!(out.is_empty(), "nothing on stdout, got {out:?}");
+    let (code, out, err) = env.run("dmp-ping-server", &env.store(), &["bob"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    let line = one_line(&err, "second server");
+    assert!(line.starts_with("error: another dmp-ping-server as bob through this store is running"), "{line}");
+    let (code, out, err) = first.finish();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(replies(&out, "bob"), (1..=8).collect::<Vec<u64>>(), "{out}");
+    assert_eq!(summary(&out), (8, 8, "0%".to_owned()));
+    // The lock goes with the run: the same ids work again afterwards.
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+}
+
 /// Fan-in: 25 clients at once, each with 5 pings, against one server: no
 /// loss. (Before each party's watch was narrowed to its own inbox and the
 /// server woke only the links whose files changed, every write woke every
