@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 at least one reply came; 1 none did; 2 usage or store error.
+Exit codes: 0 at least one reply came; 1 none did; 2 usage, store or key error
+(the server's key changed, for one).
 As a monitoring check (Nagios/Icinga: 0 OK, 1 CRITICAL, 2 UNKNOWN):
   dmp-ping-client bob monitor -c 1 -W 30 -q";
 
@@ -143,12 +144,11 @@ async fn run(cli: Cli) -> Exit {
     let summary = match summary {
         Ok(s) => s,
         Err(e) => {
+            // A store that refuses my writes for good (no request was made),
+            // or a key refused (the server's changed: maybe an impostor;
+            // pinned keys unreadable): not "no reply".
             eprintln!("error: {e}");
-            // A store that refuses my writes for good: no request was made.
-            return match e {
-                dmp_core::keys::KeyError::Store(_) => Exit::Usage,
-                _ => Exit::Failed,
-            };
+            return Exit::Usage;
         }
     };
     let st = summary.stats();

@@ -446,6 +446,33 @@ fn a_client_with_a_changed_key_is_refused_by_name() {
     assert!(line.contains("pinned") && line.contains("published"), "{line}");
 }
 
+/// The server comes back with a new key (a reinstall, or an impostor)
+/// while the client has the old one pinned: the client refuses it with
+/// both fingerprints and exit code 2, a key error, not 1, which says "no
+/// reply" (a monitoring check reported a possible impostor as "no
+/// answer"). Accepted deliberately, it gets replies again.
+#[test]
+fn a_changed_server_key_is_a_key_error() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0));
+    let mut cmd = command("dmp-ping-server", &env.store(), &["bob"]);
+    cmd.env("DMP_CONFIG_DIR", env.logs().join("config-reinstalled"));
+    let _server = Proc::spawn(cmd, env.logs(), "server-new-key");
+    let t = Instant::now();
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "-W", "20", "-q"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(15), "refused after {:?}", t.elapsed());
+    let line = one_line(&err, "changed key");
+    assert!(line.starts_with("error: the key of bob changed: pinned "), "{line}");
+    assert!(line.contains(", published ") && line.contains("--accept-new-key bob"), "{line}");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "--accept-new-key", "bob"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+}
+
 #[test]
 fn bad_peer_ids_are_usage_errors_that_state_the_rule() {
     let env = Env::new();
