@@ -481,23 +481,38 @@ impl RejectLog {
     }
 }
 
-/// One transfer at a time per link: a second `tool` from `sender` to
+/// One run at a time per link: a second `tool` from `sender` to
 /// `receiver` through the same store on this machine is a usage error (exit
-/// code 2), before it touches the store or the state file. Two at once
-/// write the same outbox: one finished, the other waited for ever, and the
-/// state left behind could wedge later runs. Keep the returned lock for the
-/// whole run.
+/// code 2), before it touches the store or the state file. Two transfers at
+/// once write the same outbox: one finished, the other waited for ever, and
+/// the state left behind could wedge later runs; two ping clients lose each
+/// other's replies. Keep the returned lock for the whole run.
 pub fn lock_link(
     tool: &str,
     store_id: &str,
     sender: &dmp_core::PeerId,
     receiver: &dmp_core::PeerId,
 ) -> Result<Option<dmp_core::state::StateLock>, Exit> {
-    dmp_core::state::lock(&format!("{tool}-link"), &[store_id, sender.as_str(), receiver.as_str()]).map_err(|path| {
-        eprintln!(
-            "error: another {tool} from {sender} to {receiver} through this store is running (it holds {})",
-            path.display()
-        );
+    lock_run(tool, "link", &[store_id, sender.as_str(), receiver.as_str()], &format!("from {sender} to {receiver}"))
+}
+
+/// One run at a time per party: a second `tool` as `me` through the same
+/// store on this machine (a second ping server with one id, which would
+/// write the same outbox) is a usage error (exit code 2). Keep the returned
+/// lock for the whole run.
+pub fn lock_party(
+    tool: &str,
+    store_id: &str,
+    me: &dmp_core::PeerId,
+) -> Result<Option<dmp_core::state::StateLock>, Exit> {
+    lock_run(tool, "party", &[store_id, me.as_str()], &format!("as {me}"))
+}
+
+/// The lock of [`lock_link`] and [`lock_party`]: `kind` names the lock
+/// file, `what` says whose run holds it.
+fn lock_run(tool: &str, kind: &str, parts: &[&str], what: &str) -> Result<Option<dmp_core::state::StateLock>, Exit> {
+    dmp_core::state::lock(&format!("{tool}-{kind}"), parts).map_err(|path| {
+        eprintln!("error: another {tool} {what} through this store is running (it holds {})", path.display());
         Exit::Usage
     })
 }

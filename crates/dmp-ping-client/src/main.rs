@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 at least one reply came; 1 none did; 2 usage or store error.
+Exit codes: 0 at least one reply came; 1 none did; 2 usage, store or key error
+(the server's key changed, for one).
 As a monitoring check (Nagios/Icinga: 0 OK, 1 CRITICAL, 2 UNKNOWN):
   dmp-ping-client bob monitor -c 1 -W 30 -q";
 
@@ -84,6 +85,12 @@ async fn run(cli: Cli) -> Exit {
         Ok(s) => s,
         Err(exit) => return exit,
     };
+    // One writer per outbox: a second client with the same ids would take
+    // this one's replies.
+    let _lock = match dmp_cli::lock_link("dmp-ping-client", &spec.identity(), &cli.client, &cli.server) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
     let text = !cli.json;
     let quiet = cli.common.quiet;
     // Once stdout is gone (`| head -1`), the run stops as on Ctrl-C: the
@@ -137,8 +144,11 @@ async fn run(cli: Cli) -> Exit {
     let summary = match summary {
         Ok(s) => s,
         Err(e) => {
+            // A store that refuses my writes for good (no request was made),
+            // or a key refused (the server's changed: maybe an impostor;
+            // pinned keys unreadable): not "no reply".
             eprintln!("error: {e}");
-            return Exit::Failed;
+            return Exit::Usage;
         }
     };
     let st = summary.stats();
@@ -162,8 +172,11 @@ async fn run(cli: Cli) -> Exit {
     } else {
         say(format_args!(""));
         say(format_args!("--- {} ping statistics ---", cli.server));
+        // Requests that never reached the store, as ping(8)'s "+N errors".
+        let unwritten =
+            if summary.unwritten > 0 { format!(", +{} not written", summary.unwritten) } else { String::new() };
         say(format_args!(
-            "{} sent, {} received, {}% loss",
+            "{} sent, {} received{unwritten}, {}% loss",
             summary.sent,
             summary.received,
             fmt_pct(summary.loss_pct())

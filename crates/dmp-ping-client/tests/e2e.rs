@@ -220,17 +220,34 @@ fn replies(stdout: &str, server: &str) -> Vec<u64> {
         .collect()
 }
 
-/// `(sent, received, loss)` from the `N sent, M received, X% loss` line.
+/// `(sent, received, loss)` from the `N sent, M received, X% loss` line
+/// (checked to have no `+K not written` part: see [`full_summary`]).
 fn summary(stdout: &str) -> (u64, u64, String) {
+    let (sent, received, unwritten, loss) = full_summary(stdout);
+    assert_eq!(unwritten, 0, "{stdout}");
+    (sent, received, loss)
+}
+
+/// `(sent, received, not written, loss)` from the summary line, which has
+/// a `+K not written` part when K requests never reached the store.
+fn full_summary(stdout: &str) -> (u64, u64, u64, String) {
     let line =
         stdout.lines().find(|l| l.contains(" sent, ")).unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
-    let parts: Vec<&str> = line.split(", ").collect();
+    let mut parts: Vec<&str> = line.split(", ").collect();
+    let unwritten = match parts.len() {
+        4 => {
+            let part = parts.remove(2);
+            let n = part.strip_prefix('+').and_then(|p| p.strip_suffix(" not written"));
+            n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"))
+        }
+        _ => 0,
+    };
     assert_eq!(parts.len(), 3, "summary {line:?}");
     let sent = parts[0].strip_suffix(" sent").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     let recv = parts[1].strip_suffix(" received").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     let loss = parts[2].strip_suffix(" loss").unwrap_or_else(|| panic!("{line:?}"));
     assert!(loss.ends_with('%'), "{line:?}");
-    (sent, recv, loss.to_owned())
+    (sent, recv, unwritten, loss.to_owned())
 }
 
 /// The four numbers of `rtt min/avg/max/mdev = a/b/c/d ms`.
@@ -262,7 +279,9 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn one_line(stderr: &str, what: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    // (A party's first run says that it created its key.)
+    let lines: Vec<&str> =
+        stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("created a key for ")).collect();
     assert_eq!(lines.len(), 1, "{what}: expected one line on stderr, got:\n{stderr}");
     lines[0].to_owned()
 }
@@ -319,8 +338,10 @@ fn no_server_means_total_loss_and_exit_1() {
     let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "0.5"]);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(replies(&out, "bob").is_empty());
-    assert_eq!(summary(&out), (2, 0, "100%".to_owned()));
-    assert!(out.contains("100% loss"), "{out}");
+    // Without the server's key nothing can be sealed: no request reached
+    // the store, and "sent" says so (before, it counted requests made).
+    assert_eq!(full_summary(&out), (0, 0, 2, "100%".to_owned()));
+    assert!(out.contains("0 sent, 0 received, +2 not written, 100% loss"), "{out}");
     // The client leaves nothing behind in its outbox.
     assert!(files_below(&env.store().join("alice")).is_empty(), "{:?}", files_below(&env.store()));
     // Without a reply there is no round trip to report: null, not zeros.
@@ -328,6 +349,15 @@ fn no_server_means_total_loss_and_exit_1() {
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout is JSON");
     assert_eq!((v["received"].as_u64(), v["rtt_ms"].is_null()), (Some(0), true), "{v}");
+    assert_eq!((v["sent"].as_u64(), v["loss_pct"].as_f64()), (Some(0), Some(100.0)), "{v}");
+    // With the server's key pinned the requests are written: sent, and lost.
+    let _server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    drop(_server);
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "0.5"]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(summary(&out), (2, 0, "100%".to_owned()));
 }
 
 /// A server outbox on a host that accepts and never answers: before, the
@@ -348,7 +378,7 @@ fn a_server_outbox_that_never_answers_does_not_hang_the_client() {
     let t = Instant::now();
     let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "-W", "2", "--peer-outbox", &outbox]);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
-    assert_eq!(summary(&out), (1, 0, "100%".to_owned()));
+    assert_eq!(full_summary(&out), (0, 0, 1, "100%".to_owned()), "no key of bob, nothing written");
     assert!(t.elapsed() < Duration::from_secs(15), "-W 2 ended after {:?}", t.elapsed());
     let mut client = env.client(&["bob", "alice", "--peer-outbox", &outbox]);
     client.wait_stdout("the header", |o| o.starts_with("PING "));
@@ -414,6 +444,33 @@ fn a_client_with_a_changed_key_is_refused_by_name() {
     let err = server.stderr();
     let line = err.lines().find(|l| l.contains("refusing alice")).unwrap_or_default();
     assert!(line.contains("pinned") && line.contains("published"), "{line}");
+}
+
+/// The server comes back with a new key (a reinstall, or an impostor)
+/// while the client has the old one pinned: the client refuses it with
+/// both fingerprints and exit code 2, a key error, not 1, which says "no
+/// reply" (a monitoring check reported a possible impostor as "no
+/// answer"). Accepted deliberately, it gets replies again.
+#[test]
+fn a_changed_server_key_is_a_key_error() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0));
+    let mut cmd = command("dmp-ping-server", &env.store(), &["bob"]);
+    cmd.env("DMP_CONFIG_DIR", env.logs().join("config-reinstalled"));
+    let _server = Proc::spawn(cmd, env.logs(), "server-new-key");
+    let t = Instant::now();
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "-W", "20", "-q"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(15), "refused after {:?}", t.elapsed());
+    let line = one_line(&err, "changed key");
+    assert!(line.starts_with("error: the key of bob changed: pinned "), "{line}");
+    assert!(line.contains(", published ") && line.contains("--accept-new-key bob"), "{line}");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1", "--accept-new-key", "bob"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
 }
 
 #[test]
@@ -510,6 +567,42 @@ fn two_clients_ping_one_server_at_once() {
     }
 }
 
+/// Two clients with the same ids write the same outbox and take each
+/// other's replies: before, one reported 5/5 and the other 1/5 with exit
+/// code 0 and no warning. Now the second stops at once with exit code 2
+/// and one line, and the first runs on undisturbed; so does a second
+/// server with the same id.
+#[test]
+fn a_second_run_with_the_same_ids_is_refused_at_once() {
+    let env = Env::new();
+    let mut server = env.server("bob");
+    let mut first = env.client(&["bob", "alice", "-c", "8", "-i", "0.2"]);
+    first.wait_stdout("a first reply", |o| !replies(o, "bob").is_empty());
+    let t = Instant::now();
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "5", "-i", "0.2"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refused after {:?}", t.elapsed());
+    let line = one_line(&err, "second client");
+    assert!(
+        line.starts_with("error: another dmp-ping-client from alice to bob through this store is running"),
+        "{line}"
+    );
+    assert!(out.is_empty(), "nothing on stdout, got {out:?}");
+    let (code, out, err) = env.run("dmp-ping-server", &env.store(), &["bob"]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    let line = one_line(&err, "second server");
+    assert!(line.starts_with("error: another dmp-ping-server as bob through this store is running"), "{line}");
+    let (code, out, err) = first.finish();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(replies(&out, "bob"), (1..=8).collect::<Vec<u64>>(), "{out}");
+    assert_eq!(summary(&out), (8, 8, "0%".to_owned()));
+    // The lock goes with the run: the same ids work again afterwards.
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+}
+
 /// Fan-in: 25 clients at once, each with 5 pings, against one server: no
 /// loss. (Before each party's watch was narrowed to its own inbox and the
 /// server woke only the links whose files changed, every write woke every
@@ -570,19 +663,98 @@ fn restart_server_under(env: &Env, server: &mut Proc, client: &mut Proc, sig: &s
 
 #[test]
 fn a_server_that_cannot_write_its_outbox_still_stops_on_sigterm() {
-    // A file where the server's outbox directory should be: every write
-    // fails. The server retries with back-off, answers nothing, and still
-    // stops at once when told to.
+    // Its outbox replaced by a file while it runs: every write fails. The
+    // server retries with back-off, answers nothing, and still stops at
+    // once when told to. (A file there at start-up is an error: see
+    // `a_store_that_refuses_the_outbox_is_a_store_error_at_once`.)
     let env = Env::new();
-    std::fs::create_dir_all(env.store()).unwrap();
-    std::fs::write(env.store().join("bob"), b"not a directory").unwrap();
     let mut server = env.server("bob");
+    let key = env.store().join("bob").join("key");
+    let deadline = Instant::now() + PATIENCE;
+    while !key.is_file() {
+        assert!(Instant::now() < deadline, "the server published no key:\n{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::rename(env.store().join("bob"), env.logs().join("bob.away")).unwrap();
+    std::fs::write(env.store().join("bob"), b"not a directory").unwrap();
     let (code, out, _) = env.ping(&["bob", "alice", "-c", "2", "-i", "0.1", "-W", "1"]);
     assert_eq!(code, 1, "{out}");
     server.signal("TERM");
     let st = server.wait();
-    assert_eq!(st.code(), Some(0), "server exit: {st}");
+    assert_eq!(st.code(), Some(0), "server exit: {st}\nstderr:\n{}", server.stderr());
     assert_eq!(std::fs::read(env.store().join("bob")).unwrap(), b"not a directory");
+}
+
+/// A store that lists but refuses to take my outbox for good (here a file
+/// where the outbox directory must be created; `a_read_only_store_...`
+/// below mounts a read-only one): each tool stops at once with exit code 2
+/// and one line naming the path, as dftp-send and dftp-receive do. Before,
+/// the client reported "2 sent, 0 received, 100% loss" (exit 1) without
+/// having written a request, and the server ran on, answering nothing.
+#[test]
+fn a_store_that_refuses_the_outbox_is_a_store_error_at_once() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.store()).unwrap();
+    for (name, me, args) in [
+        ("dmp-ping-client", "alice", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1"]),
+        ("dmp-ping-client", "alice", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1", "--json"]),
+        ("dmp-ping-server", "bob", vec!["bob"]),
+    ] {
+        let outbox = env.store().join(me);
+        std::fs::write(&outbox, b"not a directory").unwrap();
+        let t = Instant::now();
+        let (code, out, err) = env.run(name, &env.store(), &args);
+        assert_eq!(code, 2, "{name} {args:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{name}: exit 2 after {:?}", t.elapsed());
+        let line = one_line(&err, name);
+        assert!(line.starts_with("error: ") && line.contains("is not a directory"), "{name}: {line}");
+        assert!(line.contains(&format!("store/{me} ")), "{name}: {line}");
+        assert!(!out.contains("sent"), "{name}: no ping summary for a store error:\n{out}");
+        assert_eq!(std::fs::read(&outbox).unwrap(), b"not a directory");
+        std::fs::remove_file(&outbox).unwrap();
+    }
+}
+
+/// A tmpfs mounted read-only as the store (needs root; skipped with a
+/// message otherwise): both ping tools stop at once with exit code 2 and
+/// one line saying the file system is read-only.
+#[test]
+fn a_read_only_store_is_a_store_error_at_once() {
+    let env = Env::new();
+    let store = env.store();
+    std::fs::create_dir_all(&store).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&store)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_read_only_store_is_a_store_error_at_once: cannot mount a tmpfs (run as root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let _unmount = Unmount(store.clone());
+    for (name, args) in [
+        ("dmp-ping-client", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1", "-q"]),
+        ("dmp-ping-client", vec!["bob", "alice", "-c", "2", "-i", "0.2", "-W", "1", "--json"]),
+        ("dmp-ping-server", vec!["bob"]),
+    ] {
+        let t = Instant::now();
+        let (code, out, err) = env.run(name, &store, &args);
+        assert_eq!(code, 2, "{name} {args:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{name}: exit 2 after {:?}", t.elapsed());
+        let line = one_line(&err, name);
+        assert!(line.starts_with("error: ") && line.contains("Read-only file system"), "{name}: {line}");
+        assert!(!out.contains("sent"), "{name}: no ping summary for a store error:\n{out}");
+    }
 }
 
 #[test]
@@ -669,6 +841,8 @@ fn sigint_before_any_reply_exits_1_with_a_summary() {
     let st = client.wait();
     let out = client.stdout();
     assert_eq!(st.code(), Some(1), "stdout:\n{out}\nstderr:\n{}", client.stderr());
-    let (_, received, loss) = summary(&out);
-    assert_eq!((received, loss.as_str()), (0, "100%"), "{out}");
+    // No server, no key to seal with: nothing was written.
+    let (sent, received, unwritten, loss) = full_summary(&out);
+    assert_eq!((sent, received, loss.as_str()), (0, 0, "100%"), "{out}");
+    assert!(unwritten >= 1, "{out}");
 }

@@ -49,6 +49,12 @@ async fn run(cli: Cli) -> Exit {
         Ok(s) => s,
         Err(exit) => return exit,
     };
+    // One writer per outbox: a second server with this id would answer
+    // the same clients into the same directories.
+    let _lock = match dmp_cli::lock_party("dmp-ping-server", &spec.identity(), &cli.server) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
     tracing::info!("{} answering pings in {spec}", cli.server);
     let mut opts = ServerOptions::for_store(store.as_ref());
     // Clients whose outboxes are read over HTTP cannot be found by listing.

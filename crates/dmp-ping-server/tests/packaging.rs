@@ -120,6 +120,18 @@ fn monitoring_check_maps_exit_codes_to_ok_critical_unknown() {
     srv.signal("TERM");
     srv.wait().expect_ok();
 
+    // The server back with another key (a reinstall, or an impostor): the
+    // client's key error as the status, not "no answer".
+    let mut cmd = sb.command("dmp-ping-server", ["bob"]);
+    cmd.env("DMP_CONFIG_DIR", sb.path("config-reinstalled"));
+    let mut srv = sb.spawn_command("dmp-ping-server", cmd);
+    let (code, out) = check(&sb, &["bob", "nagios", "-W", "30"]);
+    assert_eq!(code, 3, "a changed key: UNKNOWN\n{out}");
+    assert!(out.starts_with("DMP PING UNKNOWN - the key of bob changed: pinned "), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    srv.signal("TERM");
+    srv.wait().expect_ok();
+
     for args in [&["Not-An-Id"][..], &["bob", "nagios", "--store", "/proc/no/such/store"][..], &[][..]] {
         let (code, out) = check(&sb, args);
         assert_eq!(code, 3, "{args:?}: UNKNOWN\n{out}");

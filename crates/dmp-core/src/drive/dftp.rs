@@ -2,7 +2,10 @@
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
 use super::security::{PeerKey, Security};
-use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
+use super::{
+    Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, Started, Woke, check_outbox, cleanup_link_dir,
+    fresh_session,
+};
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
 use crate::proto::dftp::{
@@ -150,12 +153,10 @@ pub async fn send_file(
     }
     let mut cfg = opts.cfg.clone();
     cfg.link.secure = opts.security.is_some();
-    if let Some(sec) = &opts.security {
-        // (A store that does not answer may take its whole retry time.)
-        tokio::select! {
-            r = sec.publish(store) => r.map_err(|e| TransferError::Setup(e.to_string()))?,
-            () = &mut shutdown => return Err(TransferError::Interrupted),
-        }
+    match check_outbox(store, opts.security.as_ref(), &mut shutdown).await {
+        Ok(Started::Ready) => {}
+        Ok(Started::Interrupted) => return Err(TransferError::Interrupted),
+        Err(e) => return Err(TransferError::Setup(e.to_string())),
     }
     let out_dir = Key::new([me.as_str(), peer.as_str()])?;
     let offer = match &restored {
@@ -737,12 +738,10 @@ pub async fn receive_file(
         Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None, sink: None, writing: None };
     let mut cfg = opts.cfg.clone();
     cfg.link.secure = opts.security.is_some();
-    if let Some(sec) = &opts.security {
-        // (A store that does not answer may take its whole retry time.)
-        tokio::select! {
-            r = sec.publish(store) => r.map_err(|e| TransferError::Setup(e.to_string()))?,
-            () = &mut shutdown => return Err(TransferError::Interrupted),
-        }
+    match check_outbox(store, opts.security.as_ref(), &mut shutdown).await {
+        Ok(Started::Ready) => {}
+        Ok(Started::Interrupted) => return Err(TransferError::Interrupted),
+        Err(e) => return Err(TransferError::Setup(e.to_string())),
     }
     let mut m = DftpReceiver::new(me, peer.clone(), cfg, restored, fresh_session(), clock.now());
     let mut changes = store.changes(m.link().in_dir());

@@ -422,12 +422,62 @@ pub fn concerns(set: &crate::store::ChangeSet, keys: &[&Key], deadline: Option<D
     set.is_empty() || keys.iter().any(|k| set.touches(k)) || deadline.is_some_and(|d| d <= now)
 }
 
+/// How [`check_outbox`] ended when the store took the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Started {
+    Ready,
+    /// `shutdown` completed first.
+    Interrupted,
+}
+
+/// The start-up check of every tool, after the store was listed: my key is
+/// published in my outbox, a write, so that a store that takes no writes
+/// (mounted read-only, permission denied) is an error now instead of lost
+/// messages later. The error says what the store answered; the DFTP tools
+/// stop at any error, the ping tools at one that no retry can mend (see
+/// [`StoreError::is_transient`]). Without `security` (plaintext) nothing
+/// is written here.
+pub(crate) async fn check_outbox(
+    store: &dyn Store,
+    security: Option<&Security>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Started, StoreError> {
+    let Some(sec) = security else { return Ok(Started::Ready) };
+    // (A store that does not answer may take its whole retry time.)
+    tokio::select! {
+        r = sec.publish(store) => r.map(|()| Started::Ready),
+        () = shutdown => Ok(Started::Interrupted),
+    }
+}
+
+/// [`check_outbox`] for the ping tools, which outlive outages: a failure
+/// that a retry may mend is logged and the run goes on (the key is
+/// published again later); one that no retry can mend is the error.
+/// `Ok(None)` when interrupted, else whether my key was written.
+async fn check_outbox_for_ping(
+    store: &dyn Store,
+    security: Option<&Security>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<bool>, StoreError> {
+    match check_outbox(store, security, shutdown).await {
+        Ok(Started::Ready) => Ok(Some(security.is_some())),
+        Ok(Started::Interrupted) => Ok(None),
+        Err(e) if e.is_transient() => {
+            tracing::warn!("cannot publish my key yet: {e} (retrying)");
+            Ok(Some(false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs a ping client until it has sent `count` requests and heard back or
 /// given up on each, or until `shutdown` completes.
 ///
 /// With `security`, the client publishes its key, waits for the server's
 /// (pinned beforehand or published), pins it on first contact and seals
-/// everything; a changed key ends the run with an error.
+/// everything; a changed key ends the run with an error, and so does a
+/// store that refuses to publish the key for good ([`check_outbox`]:
+/// read-only, access denied), before any request.
 pub async fn run_ping_client(
     store: &dyn Store,
     client: PeerId,
@@ -440,16 +490,7 @@ pub async fn run_ping_client(
     let clock = Clock::start();
     let mut shutdown = std::pin::pin!(shutdown);
     cfg.link.secure = security.is_some();
-    let mut interrupted = false;
-    if let Some(sec) = &security {
-        // (A store that does not answer may take its whole retry time.)
-        tokio::select! {
-            r = sec.publish(store) => if let Err(e) = r {
-                tracing::warn!("cannot publish my key yet: {e}");
-            },
-            () = &mut shutdown => interrupted = true,
-        }
-    }
+    let interrupted = check_outbox_for_ping(store, security.as_ref(), &mut shutdown).await?.is_none();
     let mut machine = PingClient::new(client, server.clone(), cfg, fresh_session(), clock.now());
     let mut changes = store.changes(&machine.watch_prefix());
     let server_key = Key::new([server.as_str(), crate::keys::KEY_FILE])?;
@@ -608,10 +649,13 @@ pub async fn run_ping_server(
 ) -> Result<(), StoreError> {
     let clock = Clock::start();
     let mut shutdown = std::pin::pin!(shutdown);
-    // Fail early, with a clear message, if the store cannot be used at all.
+    // Fail early, with a clear message, if the store cannot be used at all:
+    // it cannot be listed, or it refuses my writes for good.
     store.list(&Key::root()).await?;
     opts.link.secure = security.is_some();
-    let mut key_published = publish_key(store, &security, true).await;
+    let Some(mut key_published) = check_outbox_for_ping(store, security.as_ref(), &mut shutdown).await? else {
+        return Ok(());
+    };
     let mut wrote_mine = key_published;
     let mut refused: std::collections::BTreeSet<PeerId> = Default::default();
     let mut key_next: std::collections::BTreeMap<PeerId, (Duration, Duration)> = Default::default();
@@ -660,7 +704,7 @@ pub async fn run_ping_server(
                  starting afresh with a new session"
             );
             ops.settle(SETTLE).await;
-            key_published = publish_key(store, &security, false).await;
+            key_published = publish_key(store, &security).await;
             wrote_mine = key_published;
             heads.clear();
             key_next.clear();
@@ -685,7 +729,7 @@ pub async fn run_ping_server(
             last_key_check = Some(clock.now());
             if !key_published {
                 last_republish = clock.now();
-                key_published = publish_key(store, &security, false).await;
+                key_published = publish_key(store, &security).await;
                 wrote_mine |= key_published;
             }
             let now = clock.now();
@@ -874,16 +918,12 @@ pub async fn run_ping_server(
 const RESTART_DELAY_FIRST: Duration = Duration::from_secs(1);
 const RESTART_DELAY_MOST: Duration = Duration::from_secs(60);
 
-/// Publishes my key (if any); true when it was written. A failure is
-/// logged as a warning when `loud`, else at debug level (it is retried).
-async fn publish_key(store: &dyn Store, security: &Option<Security>, loud: bool) -> bool {
+/// Publishes my key (if any) again; true when it was written. A failure
+/// is logged at debug level (it is retried).
+async fn publish_key(store: &dyn Store, security: &Option<Security>) -> bool {
     let Some(sec) = security else { return false };
     match sec.publish(store).await {
         Ok(()) => true,
-        Err(e) if loud => {
-            tracing::warn!("cannot publish my key yet: {e}");
-            false
-        }
         Err(e) => {
             tracing::debug!("cannot publish my key yet: {e}");
             false

@@ -26,9 +26,8 @@ impl std::fmt::Debug for Security {
 
 impl Security {
     /// Publishes my public key in my outbox.
-    pub async fn publish(&self, store: &dyn Store) -> Result<(), KeyError> {
-        publish(store, &self.me, self.identity.public()).await?;
-        Ok(())
+    pub async fn publish(&self, store: &dyn Store) -> Result<(), crate::store::StoreError> {
+        publish(store, &self.me, self.identity.public()).await
     }
 
     fn crypto(&self, key: PublicKey) -> PeerCrypto {

@@ -1,7 +1,7 @@
 //! Ping over the mailbox: a client that measures round trips like ping(8),
 //! and a server that answers any number of clients. No I/O.
 
-use super::mailbox::{Link, LinkConfig, Op, OpResult, Output};
+use super::mailbox::{Link, LinkConfig, Op, OpResult, Output, parse_msg_name};
 use crate::id::PeerId;
 use crate::store::{Key, StoreError};
 use crate::wire::Kind;
@@ -11,7 +11,7 @@ use std::time::Duration;
 /// What the ping client reports as it goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PingEvent {
-    /// A request was queued for writing.
+    /// A request was made (queued for writing; see [`PingSummary::sent`]).
     Sent { seq: u64 },
     /// A reply arrived.
     Reply { seq: u64, rtt: Duration },
@@ -151,15 +151,21 @@ impl RttRecorder {
 /// The outcome of a ping run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PingSummary {
+    /// Requests written into the store.
     pub sent: u64,
+    /// Requests made that were never written: the store refused them, or
+    /// the server's key was not known yet (nothing can be sealed).
+    pub unwritten: u64,
     pub received: u64,
     pub rtts: RttRecorder,
 }
 
 impl PingSummary {
-    /// Percentage of requests without a reply (0 when none was sent).
+    /// Percentage of requests without a reply, of every request made,
+    /// written or not (0 when none was made).
     pub fn loss_pct(&self) -> f64 {
-        if self.sent == 0 { 0.0 } else { 100.0 * (self.sent - self.received) as f64 / self.sent as f64 }
+        let made = self.sent + self.unwritten;
+        if made == 0 { 0.0 } else { 100.0 * made.saturating_sub(self.received) as f64 / made as f64 }
     }
     pub fn stats(&self) -> RttStats {
         self.rtts.stats()
@@ -181,7 +187,13 @@ pub struct PingClient {
     link: Link,
     cfg: PingConfig,
     next_send: Duration,
-    sent: u64,
+    /// Requests made so far.
+    made: u64,
+    /// Requests written into the store so far.
+    written: u64,
+    /// Mailbox sequence number → request number, for requests made and not
+    /// written yet.
+    unwritten: BTreeMap<u64, u64>,
     /// Request number → time sent, for requests still awaiting a reply.
     waiting: BTreeMap<u64, Duration>,
     /// The high half of every request number this run sends (from the
@@ -211,7 +223,9 @@ impl PingClient {
             link,
             cfg,
             next_send: now,
-            sent: 0,
+            made: 0,
+            written: 0,
+            unwritten: BTreeMap::new(),
             waiting: BTreeMap::new(),
             tag: request_tag(session),
             rtts: RttRecorder::new(session),
@@ -247,11 +261,12 @@ impl PingClient {
         self.link.wake(now);
         self.expire(now);
         while self.next_send <= now && !self.all_sent() {
-            self.sent += 1;
+            self.made += 1;
             // (After 2^32 requests the low half wraps around.)
-            let seq = self.sent & 0xffff_ffff;
+            let seq = self.made & 0xffff_ffff;
             self.waiting.insert(seq, now);
-            self.link.send(now, Kind::Ping, (self.tag << 32 | seq).to_be_bytes().to_vec());
+            let msg = self.link.send(now, Kind::Ping, (self.tag << 32 | seq).to_be_bytes().to_vec());
+            self.unwritten.insert(msg, seq);
             self.events.push(PingEvent::Sent { seq });
             self.next_send += self.cfg.interval;
             if self.next_send < now {
@@ -266,12 +281,18 @@ impl PingClient {
         if let OpResult::Put(_, Err(e)) | OpResult::Got(_, Err(e)) | OpResult::Listed(_, Err(e)) = &res {
             self.events.push(PingEvent::StoreError(e.clone()));
         }
+        if let OpResult::Put(k, Ok(())) = &res {
+            let mine = k.starts_with(self.link.out_dir());
+            if let Some((_, msg)) = parse_msg_name(k.name()).filter(|_| mine) {
+                self.written += u64::from(self.unwritten.remove(&msg).is_some());
+            }
+        }
         self.link.on_result(now, res);
         self.drain_at(now);
     }
 
     fn all_sent(&self) -> bool {
-        self.cfg.count.is_some_and(|c| self.sent >= c)
+        self.cfg.count.is_some_and(|c| self.made >= c)
     }
 
     fn expire(&mut self, now: Duration) {
@@ -303,6 +324,12 @@ impl PingClient {
                             let ours = n >> 32 == self.tag;
                             let n = n & 0xffff_ffff;
                             if let Some(t) = ours.then(|| self.waiting.remove(&n)).flatten() {
+                                // A reply shows that its request was written,
+                                // should the store's answer to the put come later.
+                                if let Some(msg) = self.unwritten.iter().find(|(_, r)| **r == n).map(|(m, _)| *m) {
+                                    self.unwritten.remove(&msg);
+                                    self.written += 1;
+                                }
                                 let rtt = now.saturating_sub(t);
                                 self.rtts.push(rtt);
                                 self.events.push(PingEvent::Reply { seq: n, rtt });
@@ -345,7 +372,12 @@ impl PingClient {
     }
 
     pub fn summary(&self) -> PingSummary {
-        PingSummary { sent: self.sent, received: self.rtts.count(), rtts: self.rtts.clone() }
+        PingSummary {
+            sent: self.written,
+            unwritten: self.made - self.written,
+            received: self.rtts.count(),
+            rtts: self.rtts.clone(),
+        }
     }
 }
 
@@ -704,7 +736,43 @@ mod tests {
             now += Duration::from_millis(1);
         }
         assert!(c.finished(), "the client did not finish");
-        assert_eq!(c.summary().received, 3);
+        assert_eq!((c.summary().sent, c.summary().unwritten, c.summary().received), (3, 0, 3));
         assert!(mixed > 0, "no batch held both writes and reads: the test shows nothing");
+    }
+
+    /// "sent" counts requests written into the store: a store that refuses
+    /// every write (read-only) has none sent, and every request made is
+    /// lost. Before, every request made counted as sent.
+    #[tokio::test]
+    async fn requests_the_store_refuses_are_not_sent() {
+        let store = MemoryStore::new();
+        let cfg = PingConfig {
+            count: Some(2),
+            interval: Duration::from_millis(10),
+            wait: Duration::from_millis(100),
+            link: LinkConfig::default(),
+        };
+        let mut c = PingClient::new(pid("alice"), pid("bob"), cfg, 1_000, Duration::ZERO);
+        let mut now = Duration::ZERO;
+        let mut refused = 0;
+        while !c.finished() && now < Duration::from_secs(5) {
+            c.wake(now);
+            for op in c.take_ops() {
+                let r = match op {
+                    Op::Put(k, _) => {
+                        refused += 1;
+                        let msg = format!("mkdir {k}: Read-only file system");
+                        OpResult::Put(k, Err(StoreError::Denied { store: "memory".into(), msg }))
+                    }
+                    op => perform(&store, op).await,
+                };
+                c.on_result(now, r);
+            }
+            now += Duration::from_millis(5);
+        }
+        assert!(c.finished() && refused > 0, "refused {refused} writes");
+        let sum = c.summary();
+        assert_eq!((sum.sent, sum.unwritten, sum.received), (0, 2, 0));
+        assert_eq!(sum.loss_pct(), 100.0);
     }
 }

@@ -115,14 +115,14 @@ impl FolderStore {
             match fs::symlink_metadata(&dir) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
-                    return Err(StoreError::NotAFile { store: self.describe(), key: dir.display().to_string() });
+                    return Err(StoreError::NotADirectory { store: self.describe(), key: dir.display().to_string() });
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         let m = fs::symlink_metadata(&dir).map_err(|e| self.err("mkdir", key, e))?;
                         if !m.is_dir() {
-                            return Err(StoreError::NotAFile {
+                            return Err(StoreError::NotADirectory {
                                 store: self.describe(),
                                 key: dir.display().to_string(),
                             });

@@ -125,6 +125,10 @@ pub enum StoreError {
     TooLarge { store: String, key: String, len: u64, max: u64 },
     #[error("{store}: {key} is not a regular file (symlink, directory or device); ignored")]
     NotAFile { store: String, key: String },
+    /// A write below a path that is a file or a symbolic link where a
+    /// directory must be (never gone through): no retry mends it.
+    #[error("{store}: {key} is not a directory (a file or symlink is in its place); cannot write below it")]
+    NotADirectory { store: String, key: String },
     #[error("{store}: the store is full: {msg}")]
     Full { store: String, msg: String },
     #[error("{store}: access denied: {msg}")]
