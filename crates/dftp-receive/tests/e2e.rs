@@ -619,6 +619,12 @@ fn hostile_name(test: &str, name: &str, secure: bool) {
     assert_store_clean(&sb);
 }
 
+/// The receiver's own partial-file name: storing it would remove it.
+#[test]
+fn hostile_name_own_partial_file() {
+    hostile_name("hostile_name_own_partial_file", &format!(".dftp-{CRAFTED_TRANSFER}.part"), true);
+}
+
 #[test]
 fn hostile_name_parent_path() {
     hostile_name("hostile_name_parent_path", "../x", true);
@@ -797,7 +803,11 @@ fn usage_errors_exit_2_with_one_line() {
     let store: &dyn AsRef<std::ffi::OsStr> = &sb.store;
     let missing = sb.path("no-such-file");
     let not_dir = &s.src;
+    // A name the receiver keeps for its own files is never offered.
+    let own_name = s.src.with_file_name(".dftp-0000000000000001.part");
+    std::fs::write(&own_name, b"x").expect("write");
     for a in [
+        args(&[&RECEIVER, &SENDER, &own_name, &"--store", store]),
         args(&[&"Bob", &SENDER, &s.src, &"--store", store]),
         args(&[&RECEIVER, &"../alice", &s.src, &"--store", store]),
         args(&[&RECEIVER, &"", &s.src, &"--store", store]),

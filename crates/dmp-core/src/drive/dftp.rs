@@ -660,6 +660,11 @@ impl Target {
         drop(f);
         let tmp = temp_path(&self.dir, &offer);
         let dest = self.dir.join(&offer.name);
+        if dest == tmp {
+            // (`check_file_name` refuses such a name; never report as
+            // stored a file that the clean-up below would remove.)
+            return Err(format!("{} is the name of the partial file itself; not stored", offer.name));
+        }
         if !self.overwrite {
             // Never replace a file that appeared meanwhile: link fails if it exists.
             match std::fs::hard_link(&tmp, &dest) {
@@ -668,9 +673,14 @@ impl Target {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     // The link was made by a run that stopped before it
-                    // removed the partial file: the same file, done.
+                    // removed the partial file: the same file under two
+                    // names, done. (One name only, as on a file system that
+                    // folds case: the partial file itself, kept.)
                     if !same_file(&tmp, &dest) {
                         return Err(format!("{} appeared meanwhile; not replaced (use --overwrite)", offer.name));
+                    }
+                    if links(&tmp) < 2 {
+                        return Err(format!("{} is the name of the partial file itself; not stored", offer.name));
                     }
                     let _ = std::fs::remove_file(&tmp);
                 }
@@ -694,6 +704,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.is_file() && y.is_file() && x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+/// The number of names (hard links) of the file at `p`; 0 when it cannot
+/// be read.
+fn links(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).map_or(0, |m| m.nlink())
 }
 
 /// Receives one file from `peer` into `opts.dir`.
@@ -1091,6 +1108,27 @@ mod tests {
         t.prepare(&offer, true).unwrap();
         assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
+
+    /// An offer named like the partial file (which `check_file_name`
+    /// refuses) never finishes as stored: the only copy stays, and with
+    /// `--overwrite` too.
+    #[test]
+    fn finalize_refuses_the_partial_files_own_name() {
+        for overwrite in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let transfer = "00000000000000aa";
+            let name = format!(".dftp-{transfer}.part");
+            let offer = Offer { transfer: transfer.into(), name: name.clone(), size: 5, block_size: 4096 };
+            let tmp = temp_path(dir.path(), &offer);
+            assert_eq!(tmp, dir.path().join(&name));
+            let mut t = Target { overwrite, ..target(dir.path()) };
+            t.prepare(&offer, false).unwrap();
+            t.file.as_ref().unwrap().write_all_at(b"hello", 0).unwrap();
+            let e = t.finalize().unwrap_err();
+            assert!(e.contains("the name of the partial file itself"), "{e}");
+            assert_eq!(std::fs::read(&tmp).unwrap(), b"hello", "the data is kept (overwrite: {overwrite})");
+        }
     }
 
     /// Aligned chunks go around the page cache, the rest through it, and
