@@ -783,6 +783,53 @@ fn a_sender_that_stops_tells_the_receiver_which_waits() {
     assert!(!recv.stderr_so_far().contains("error"), "{}", recv.stderr_so_far());
 }
 
+/// The sender's file is rewritten in place (same size) while the sender
+/// waits for the stopped receiver: the sender notices at its next read and
+/// stops (exit 1) instead of sending a mix of both versions; the receiver
+/// hears why and reports no success. Run again, the sender starts over and
+/// the new content arrives whole, with no partial file left.
+#[test]
+fn a_file_changed_during_the_transfer_is_sent_anew() {
+    let mut s = setup("a_file_changed_during_the_transfer_is_sent_anew", "data.bin", 32 * MIB);
+    let sb = &s.sb;
+    let mut recv = spawn_recv(sb, &s.dir, &["--json"]);
+    let send = spawn_send(sb, &s.src, &["-b", "1m"]);
+    wait_part(&s, MIB);
+    recv.signal("STOP");
+    // The sender reads at most a window (8 MiB) ahead of the receiver: the
+    // first change is in what it sent, the second in what it has not read.
+    std::thread::sleep(Duration::from_millis(500));
+    let f = std::fs::OpenOptions::new().write(true).open(&s.src).expect("open the source");
+    for at in [0, 24 * MIB] {
+        f.write_all_at(&[0x5a; 64 * KIB as usize], at).expect("rewrite in place");
+    }
+    drop(f);
+    assert_eq!(file_len(&s.src), Some(s.size), "same size");
+    let old_sha = std::mem::replace(&mut s.sha, sha256_file(&s.src));
+    assert_ne!(old_sha, s.sha);
+    recv.signal("CONT");
+    let snd = send.wait();
+    snd.expect_code(1);
+    let err = snd.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(
+        err.contains(&format!("{} changed during the transfer (modified ", s.src.display()))
+            && err.ends_with("; run dftp-send again to send it anew"),
+        "{}",
+        snd.describe()
+    );
+    wait_until(TIMEOUT, "the receiver to say why", || recv.stderr_so_far().contains("alice stopped: "));
+    assert!(recv.is_running(), "the receiver reports no success for a torn file\n{}", recv.stderr_so_far());
+    let again = spawn_send(sb, &s.src, &["-b", "1m", "--json"]).wait();
+    again.expect_ok();
+    assert!(again.stderr.contains("changed since the interrupted transfer; starting over"), "{}", again.describe());
+    assert_eq!(json(&again)["sha256"], s.sha.as_str(), "the new content");
+    let r = recv.wait();
+    r.expect_ok();
+    assert_eq!(json(&r)["sha256"], s.sha.as_str(), "the new content, verified");
+    s.assert_received();
+    s.assert_clean();
+}
+
 // ---------------------------------------------------------------------------
 // Usage errors: exit 2, one line
 

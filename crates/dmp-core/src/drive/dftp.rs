@@ -94,6 +94,23 @@ fn file_id(meta: &std::fs::Metadata) -> String {
     format!("{}:{}", meta.len(), mtime)
 }
 
+/// Fails when the open file is no longer the one whose `file_id` was
+/// taken at the start: a file rewritten in place during a transfer would
+/// arrive as a mix of its old and new bytes that still verifies (the hash
+/// covers what was read). Run again, the sender sees another `file_id` and
+/// starts over with the new content.
+fn check_unchanged(file: &File, fid: &str, path: &Path) -> Result<(), String> {
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if file_id(&meta) == fid {
+        return Ok(());
+    }
+    let when = meta.modified().map_or_else(|_| "at an unknown time".to_owned(), httpdate::fmt_http_date);
+    Err(format!(
+        "{} changed during the transfer (modified {when}); run dftp-send again to send it anew",
+        path.display()
+    ))
+}
+
 /// Removes every chunk object left in my outbox towards `peer` (a fresh
 /// transfer starts clean).
 async fn remove_stale_chunks(store: &dyn Store, dir: &Key) {
@@ -214,7 +231,13 @@ pub async fn send_file(
                         finished_early.extend(ops.kick());
                         // Room for the seal, so that encrypting in place never reallocates.
                         let buf = crate::buf::vec(len as usize + crate::crypto::SEAL_OVERHEAD);
-                        let r = read_span(&file, offset, len, buf).map(crate::buf::freeze).map_err(|e| e.to_string());
+                        let r = read_span(&file, offset, len, buf);
+                        // Checked after the read, so that the last read's
+                        // check also covers everything `done` will vouch for.
+                        let r = match check_unchanged(&file, &fid, &opts.file) {
+                            Ok(()) => r.map(crate::buf::freeze).map_err(|e| e.to_string()),
+                            Err(changed) => Err(changed),
+                        };
                         m.on_read(clock.now(), index, r);
                     }
                     SendOut::Persist => {
@@ -1108,6 +1131,29 @@ mod tests {
         t.prepare(&offer, true).unwrap();
         assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
+
+    /// A file rewritten in place (same size, new modification time) is
+    /// no longer the file being sent; an untouched one is.
+    #[test]
+    fn a_file_changed_in_place_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, b"hello").unwrap();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        File::options().write(true).open(&path).unwrap().set_modified(t0).unwrap();
+        let file = File::open(&path).unwrap();
+        let fid = file_id(&file.metadata().unwrap());
+        assert_eq!(check_unchanged(&file, &fid, &path), Ok(()));
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"J", 0).unwrap();
+        // (Set apart explicitly: a coarse clock could leave it as it was.)
+        File::options().write(true).open(&path).unwrap().set_modified(t0 + Duration::from_nanos(1)).unwrap();
+        let e = check_unchanged(&file, &fid, &path).unwrap_err();
+        let want = format!(
+            "{} changed during the transfer (modified Tue, 14 Nov 2023 22:13:20 GMT); run dftp-send again to send it anew",
+            path.display()
+        );
+        assert_eq!(e, want);
     }
 
     /// An offer named like the partial file (which `check_file_name`
