@@ -964,6 +964,56 @@ fn a_sender_that_times_out_tells_the_receiver_and_resumes() {
     assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
 }
 
+/// `--timeout` fires on time, whatever the poll interval, and says its
+/// value as given: a sender with no receiver (fresh, then resumed) and a
+/// receiver with no sender. With 1 s these took 3.5 s and 5 s before; the
+/// bound is generous for a loaded machine.
+#[test]
+fn a_timeout_fires_on_time_and_says_its_value() {
+    let s = setup("a_timeout_fires_on_time_and_says_its_value", "data.bin", 10 * KIB);
+    let bound = Duration::from_secs(3);
+    let run = |sb: &Sandbox, tool: &str, a: Vec<OsString>| {
+        let t = Instant::now();
+        let f = sb.run(tool, a);
+        let took = t.elapsed();
+        f.expect_code(1);
+        let err = f.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+        (f, err, took)
+    };
+    for (timeout, again) in [("0.5", false), ("1", true)] {
+        let (f, err, took) = run(&s.sb, "dftp-send", send_args(&s.sb, &s.src, &["--timeout", timeout, "-v"]));
+        assert_eq!(err, format!("error: timed out: no progress from bob for {timeout} s, waiting for the key of bob"));
+        assert!(took < bound, "--timeout {timeout} took {took:?}\n{}", f.describe());
+        assert_eq!(f.stderr.contains("resuming"), again, "{}", f.describe());
+        assert!(!files_under(&s.sb.state).is_empty(), "the sender keeps its state for a later run");
+    }
+    // The receiver's key is there (it ran before, or is stopped): nothing
+    // is looked up, the sender waits for the offer's answer and would look
+    // only at its polls, seconds apart.
+    let s = setup("a_timeout_fires_on_time_and_says_its_value", "data.bin", 10 * KIB);
+    let bob = identity(&s.sb, RECEIVER);
+    publish_key(&s.sb, RECEIVER, bob.public());
+    for timeout in ["1", "1.5"] {
+        let (f, err, took) = run(&s.sb, "dftp-send", send_args(&s.sb, &s.src, &["--timeout", timeout]));
+        let want =
+            format!("error: timed out: no progress from bob for {timeout} s, waiting for an answer to the offer");
+        assert_eq!(err, want);
+        assert!(took < bound, "--timeout {timeout} took {took:?}\n{}", f.describe());
+    }
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("dl");
+    let (f, err, took) = run(&sb, "dftp-receive", recv_args(&sb, &dir, &["--timeout", "1"]));
+    assert_eq!(err, "error: timed out: no progress from alice for 1 s, waiting for the key of alice");
+    assert!(took < bound, "--timeout 1 took {took:?}\n{}", f.describe());
+    // The same with the sender's key there: the receiver waits for the offer.
+    let alice = identity(&sb, SENDER);
+    publish_key(&sb, SENDER, alice.public());
+    let (f, err, took) = run(&sb, "dftp-receive", recv_args(&sb, &dir, &["--timeout", "1"]));
+    assert_eq!(err, "error: timed out: no progress from alice for 1 s, waiting for the offer");
+    assert!(took < bound, "--timeout 1 took {took:?}\n{}", f.describe());
+    assert_eq!(entries(&dir), Vec::<String>::new());
+}
+
 /// A receiver restarted after its partial file was deleted cannot resume:
 /// it says so, tells the sender, and never writes a file with a hole.
 #[test]

@@ -1,7 +1,7 @@
 //! Runs the DFTP sender and receiver machines: store operations, local file
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
-use super::security::{PeerKey, Security};
+use super::security::{KeyPurpose, PeerKey, Security};
 use super::{Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, Woke, cleanup_link_dir, fresh_session};
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
@@ -32,13 +32,34 @@ pub enum TransferError {
     #[error("{peer} gave up on the transfer: {reason}")]
     Aborted { peer: String, reason: String },
     /// No progress for the `--timeout`; `waiting_for` names what was due.
-    #[error("timed out: no progress from {peer} for {secs} s, waiting for {waiting_for}")]
-    TimedOut { peer: String, secs: u64, waiting_for: String },
+    #[error("timed out: no progress from {peer} for {} s, waiting for {waiting_for}", seconds(*.timeout))]
+    TimedOut { peer: String, timeout: Duration, waiting_for: String },
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
     /// The store or a local path cannot be used at all (exit 2).
     #[error("{0}")]
     Setup(String),
+}
+
+/// A number of seconds as a user gives it: `2`, `0.5`, `1.25`.
+pub fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { d.as_secs().to_string() } else { d.as_secs_f64().to_string() }
+}
+
+/// The earlier of two deadlines, either of which may be unset.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// When a driver must wake at the latest: the machine's `deadline`, or the
+/// `--timeout` running out after the last progress, whichever comes first.
+/// (Checked only at wakes, which may be seconds apart, the timeout would
+/// otherwise fire late.)
+fn wake_by(deadline: Option<Duration>, last_progress: Duration, timeout: Option<Duration>) -> Option<Duration> {
+    earliest(deadline, timeout.map(|t| last_progress.saturating_add(t)))
 }
 
 impl From<StoreError> for TransferError {
@@ -284,15 +305,16 @@ pub async fn send_file(
             if now.saturating_sub(last_progress.0) >= t {
                 // Tell the receiver, which would otherwise wait without
                 // knowing why; the state stays for a later run.
-                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                let (peer, waiting_for) = (peer.to_string(), m.waiting_for());
                 m.stop_resumable(
                     now,
-                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                    format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)),
                 );
-                break Err(TransferError::TimedOut { peer, secs, waiting_for });
+                break Err(TransferError::TimedOut { peer, timeout: t, waiting_for });
             }
         }
-        let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
+        let deadline = wake_by(peer_key.deadline(m.deadline(), m.needs_key()), last_progress.0, opts.timeout);
+        let until = pace.until(now, deadline, &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
             Woke::Done(res) => {
                 outage.observe(clock.now(), &res);
@@ -324,7 +346,16 @@ pub async fn send_file(
             outage.observe(clock.now(), &res);
             m.on_result(clock.now(), res);
         }
+        // Secure, the notice waits for the receiver's key: looked up once
+        // more at once (a receiver that has published none is not there
+        // to be told, and is not waited for).
+        if m.needs_key() {
+            peer_key.woke();
+        }
         while !m.link().all_written() && clock.now() < until {
+            if opts.security.is_some() {
+                peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
+            }
             for o in m.take_outputs() {
                 if let SendOut::Op(op) = o {
                     ops.push(op);
@@ -335,7 +366,17 @@ pub async fn send_file(
                     outage.observe(clock.now(), &res);
                     m.on_result(clock.now(), res)
                 }
-                Woke::Wake | Woke::Key(_) => {}
+                Woke::Key(k) => {
+                    let Some(sec) = &opts.security else { continue };
+                    let resolve = k.purpose == KeyPurpose::Resolve;
+                    match peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                        Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                        Ok(None) if resolve && m.needs_key() => break,
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+                Woke::Wake => {}
                 Woke::Shutdown => break,
             }
         }
@@ -874,15 +915,16 @@ pub async fn receive_file(
             if now.saturating_sub(last.0) >= t {
                 // Tell the sender, which would otherwise wait without knowing
                 // why; the partial file and the state stay for a later run.
-                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                let (peer, waiting_for) = (peer.to_string(), m.waiting_for());
                 m.stop_resumable(
                     now,
-                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                    format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)),
                 );
-                break Err(TransferError::TimedOut { peer, secs, waiting_for });
+                break Err(TransferError::TimedOut { peer, timeout: t, waiting_for });
             }
         }
-        let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
+        let deadline = wake_by(peer_key.deadline(m.deadline(), m.needs_key()), last.0, opts.timeout);
+        let until = pace.until(now, deadline, &ops);
         let woke = match target.writing.as_mut() {
             Some(w) => tokio::select! {
                 biased;
@@ -962,8 +1004,12 @@ pub async fn receive_file(
                 }
                 Woke::Key(k) => {
                     if let Some(sec) = &opts.security {
-                        if let Ok(Some(c)) = peer_key.looked(sec, k, clock.now(), &mut on_key) {
-                            m.set_crypto(clock.now(), c);
+                        let resolve = k.purpose == KeyPurpose::Resolve;
+                        match peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                            Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                            // No key published: no sender there to be told.
+                            Ok(None) if resolve && m.needs_key() => break,
+                            _ => {}
                         }
                     }
                 }
@@ -974,7 +1020,9 @@ pub async fn receive_file(
                 Woke::Shutdown => break,
             }
         }
-        if !m.link().all_written() {
+        if m.needs_key() && !m.link().all_written() {
+            tracing::warn!("could not tell {peer} why this side stopped (it has published no key to seal the message)");
+        } else if !m.link().all_written() {
             tracing::warn!("could not tell {peer} why this side stopped (the store did not take the message in time)");
         }
         ops.settle(SETTLE).await;
@@ -1131,6 +1179,33 @@ mod tests {
         t.prepare(&offer, true).unwrap();
         assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
+
+    /// A timeout is shown as given, whole seconds without a fraction (as
+    /// the existing messages, "for 2 s").
+    #[test]
+    fn seconds_are_shown_as_given() {
+        for (given, shown) in [(2.0, "2"), (0.5, "0.5"), (1.25, "1.25"), (0.001, "0.001"), (90.0, "90"), (0.1, "0.1")] {
+            assert_eq!(seconds(Duration::from_secs_f64(given)), shown);
+        }
+        let e = TransferError::TimedOut {
+            peer: "bob".into(),
+            timeout: Duration::from_millis(500),
+            waiting_for: "the offer".into(),
+        };
+        assert_eq!(e.to_string(), "timed out: no progress from bob for 0.5 s, waiting for the offer");
+    }
+
+    /// The driver wakes when the timeout runs out, not only at the
+    /// machine's own deadline or the next poll (seconds later).
+    #[test]
+    fn the_wait_ends_when_the_timeout_runs_out() {
+        let s = Duration::from_secs;
+        assert_eq!(wake_by(Some(s(5)), s(10), Some(s(1))), Some(s(5)));
+        assert_eq!(wake_by(Some(s(30)), s(10), Some(s(1))), Some(s(11)));
+        assert_eq!(wake_by(None, s(10), Some(Duration::from_millis(500))), Some(Duration::from_millis(10_500)));
+        assert_eq!(wake_by(Some(s(30)), s(10), None), Some(s(30)));
+        assert_eq!(wake_by(None, s(10), None), None);
     }
 
     /// A file rewritten in place (same size, new modification time) is
