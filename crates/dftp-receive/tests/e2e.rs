@@ -619,6 +619,12 @@ fn hostile_name(test: &str, name: &str, secure: bool) {
     assert_store_clean(&sb);
 }
 
+/// The receiver's own partial-file name: storing it would remove it.
+#[test]
+fn hostile_name_own_partial_file() {
+    hostile_name("hostile_name_own_partial_file", &format!(".dftp-{CRAFTED_TRANSFER}.part"), true);
+}
+
 #[test]
 fn hostile_name_parent_path() {
     hostile_name("hostile_name_parent_path", "../x", true);
@@ -777,6 +783,53 @@ fn a_sender_that_stops_tells_the_receiver_which_waits() {
     assert!(!recv.stderr_so_far().contains("error"), "{}", recv.stderr_so_far());
 }
 
+/// The sender's file is rewritten in place (same size) while the sender
+/// waits for the stopped receiver: the sender notices at its next read and
+/// stops (exit 1) instead of sending a mix of both versions; the receiver
+/// hears why and reports no success. Run again, the sender starts over and
+/// the new content arrives whole, with no partial file left.
+#[test]
+fn a_file_changed_during_the_transfer_is_sent_anew() {
+    let mut s = setup("a_file_changed_during_the_transfer_is_sent_anew", "data.bin", 32 * MIB);
+    let sb = &s.sb;
+    let mut recv = spawn_recv(sb, &s.dir, &["--json"]);
+    let send = spawn_send(sb, &s.src, &["-b", "1m"]);
+    wait_part(&s, MIB);
+    recv.signal("STOP");
+    // The sender reads at most a window (8 MiB) ahead of the receiver: the
+    // first change is in what it sent, the second in what it has not read.
+    std::thread::sleep(Duration::from_millis(500));
+    let f = std::fs::OpenOptions::new().write(true).open(&s.src).expect("open the source");
+    for at in [0, 24 * MIB] {
+        f.write_all_at(&[0x5a; 64 * KIB as usize], at).expect("rewrite in place");
+    }
+    drop(f);
+    assert_eq!(file_len(&s.src), Some(s.size), "same size");
+    let old_sha = std::mem::replace(&mut s.sha, sha256_file(&s.src));
+    assert_ne!(old_sha, s.sha);
+    recv.signal("CONT");
+    let snd = send.wait();
+    snd.expect_code(1);
+    let err = snd.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+    assert!(
+        err.contains(&format!("{} changed during the transfer (modified ", s.src.display()))
+            && err.ends_with("; run dftp-send again to send it anew"),
+        "{}",
+        snd.describe()
+    );
+    wait_until(TIMEOUT, "the receiver to say why", || recv.stderr_so_far().contains("alice stopped: "));
+    assert!(recv.is_running(), "the receiver reports no success for a torn file\n{}", recv.stderr_so_far());
+    let again = spawn_send(sb, &s.src, &["-b", "1m", "--json"]).wait();
+    again.expect_ok();
+    assert!(again.stderr.contains("changed since the interrupted transfer; starting over"), "{}", again.describe());
+    assert_eq!(json(&again)["sha256"], s.sha.as_str(), "the new content");
+    let r = recv.wait();
+    r.expect_ok();
+    assert_eq!(json(&r)["sha256"], s.sha.as_str(), "the new content, verified");
+    s.assert_received();
+    s.assert_clean();
+}
+
 // ---------------------------------------------------------------------------
 // Usage errors: exit 2, one line
 
@@ -797,7 +850,11 @@ fn usage_errors_exit_2_with_one_line() {
     let store: &dyn AsRef<std::ffi::OsStr> = &sb.store;
     let missing = sb.path("no-such-file");
     let not_dir = &s.src;
+    // A name the receiver keeps for its own files is never offered.
+    let own_name = s.src.with_file_name(".dftp-0000000000000001.part");
+    std::fs::write(&own_name, b"x").expect("write");
     for a in [
+        args(&[&RECEIVER, &SENDER, &own_name, &"--store", store]),
         args(&[&"Bob", &SENDER, &s.src, &"--store", store]),
         args(&[&RECEIVER, &"../alice", &s.src, &"--store", store]),
         args(&[&RECEIVER, &"", &s.src, &"--store", store]),
@@ -905,6 +962,56 @@ fn a_sender_that_times_out_tells_the_receiver_and_resumes() {
     let reported = j["mb_per_s"].as_f64().expect("mb_per_s");
     assert!((reported - rate).abs() <= rate * 1e-6, "mb_per_s {reported}, this run's rate {rate}: {j}");
     assert_eq!(files_under(&s.sb.state), Vec::<PathBuf>::new(), "no state is kept on either side");
+}
+
+/// `--timeout` fires on time, whatever the poll interval, and says its
+/// value as given: a sender with no receiver (fresh, then resumed) and a
+/// receiver with no sender. With 1 s these took 3.5 s and 5 s before; the
+/// bound is generous for a loaded machine.
+#[test]
+fn a_timeout_fires_on_time_and_says_its_value() {
+    let s = setup("a_timeout_fires_on_time_and_says_its_value", "data.bin", 10 * KIB);
+    let bound = Duration::from_secs(3);
+    let run = |sb: &Sandbox, tool: &str, a: Vec<OsString>| {
+        let t = Instant::now();
+        let f = sb.run(tool, a);
+        let took = t.elapsed();
+        f.expect_code(1);
+        let err = f.stderr_lines().into_iter().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+        (f, err, took)
+    };
+    for (timeout, again) in [("0.5", false), ("1", true)] {
+        let (f, err, took) = run(&s.sb, "dftp-send", send_args(&s.sb, &s.src, &["--timeout", timeout, "-v"]));
+        assert_eq!(err, format!("error: timed out: no progress from bob for {timeout} s, waiting for the key of bob"));
+        assert!(took < bound, "--timeout {timeout} took {took:?}\n{}", f.describe());
+        assert_eq!(f.stderr.contains("resuming"), again, "{}", f.describe());
+        assert!(!files_under(&s.sb.state).is_empty(), "the sender keeps its state for a later run");
+    }
+    // The receiver's key is there (it ran before, or is stopped): nothing
+    // is looked up, the sender waits for the offer's answer and would look
+    // only at its polls, seconds apart.
+    let s = setup("a_timeout_fires_on_time_and_says_its_value", "data.bin", 10 * KIB);
+    let bob = identity(&s.sb, RECEIVER);
+    publish_key(&s.sb, RECEIVER, bob.public());
+    for timeout in ["1", "1.5"] {
+        let (f, err, took) = run(&s.sb, "dftp-send", send_args(&s.sb, &s.src, &["--timeout", timeout]));
+        let want =
+            format!("error: timed out: no progress from bob for {timeout} s, waiting for an answer to the offer");
+        assert_eq!(err, want);
+        assert!(took < bound, "--timeout {timeout} took {took:?}\n{}", f.describe());
+    }
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("dl");
+    let (f, err, took) = run(&sb, "dftp-receive", recv_args(&sb, &dir, &["--timeout", "1"]));
+    assert_eq!(err, "error: timed out: no progress from alice for 1 s, waiting for the key of alice");
+    assert!(took < bound, "--timeout 1 took {took:?}\n{}", f.describe());
+    // The same with the sender's key there: the receiver waits for the offer.
+    let alice = identity(&sb, SENDER);
+    publish_key(&sb, SENDER, alice.public());
+    let (f, err, took) = run(&sb, "dftp-receive", recv_args(&sb, &dir, &["--timeout", "1"]));
+    assert_eq!(err, "error: timed out: no progress from alice for 1 s, waiting for the offer");
+    assert!(took < bound, "--timeout 1 took {took:?}\n{}", f.describe());
+    assert_eq!(entries(&dir), Vec::<String>::new());
 }
 
 /// A receiver restarted after its partial file was deleted cannot resume:

@@ -1,7 +1,7 @@
 //! Runs the DFTP sender and receiver machines: store operations, local file
 //! reads and writes, state files, change signals, timeouts and Ctrl-C.
 
-use super::security::{PeerKey, Security};
+use super::security::{KeyPurpose, PeerKey, Security};
 use super::{
     Clock, MAX_CONCURRENT_OPS, OpRunner, Outage, Pace, Poller, SETTLE, Started, Woke, check_outbox, cleanup_link_dir,
     fresh_session,
@@ -35,13 +35,34 @@ pub enum TransferError {
     #[error("{peer} gave up on the transfer: {reason}")]
     Aborted { peer: String, reason: String },
     /// No progress for the `--timeout`; `waiting_for` names what was due.
-    #[error("timed out: no progress from {peer} for {secs} s, waiting for {waiting_for}")]
-    TimedOut { peer: String, secs: u64, waiting_for: String },
+    #[error("timed out: no progress from {peer} for {} s, waiting for {waiting_for}", seconds(*.timeout))]
+    TimedOut { peer: String, timeout: Duration, waiting_for: String },
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
     /// The store or a local path cannot be used at all (exit 2).
     #[error("{0}")]
     Setup(String),
+}
+
+/// A number of seconds as a user gives it: `2`, `0.5`, `1.25`.
+pub fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { d.as_secs().to_string() } else { d.as_secs_f64().to_string() }
+}
+
+/// The earlier of two deadlines, either of which may be unset.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// When a driver must wake at the latest: the machine's `deadline`, or the
+/// `--timeout` running out after the last progress, whichever comes first.
+/// (Checked only at wakes, which may be seconds apart, the timeout would
+/// otherwise fire late.)
+fn wake_by(deadline: Option<Duration>, last_progress: Duration, timeout: Option<Duration>) -> Option<Duration> {
+    earliest(deadline, timeout.map(|t| last_progress.saturating_add(t)))
 }
 
 impl From<StoreError> for TransferError {
@@ -95,6 +116,23 @@ fn file_id(meta: &std::fs::Metadata) -> String {
     let mtime =
         meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     format!("{}:{}", meta.len(), mtime)
+}
+
+/// Fails when the open file is no longer the one whose `file_id` was
+/// taken at the start: a file rewritten in place during a transfer would
+/// arrive as a mix of its old and new bytes that still verifies (the hash
+/// covers what was read). Run again, the sender sees another `file_id` and
+/// starts over with the new content.
+fn check_unchanged(file: &File, fid: &str, path: &Path) -> Result<(), String> {
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if file_id(&meta) == fid {
+        return Ok(());
+    }
+    let when = meta.modified().map_or_else(|_| "at an unknown time".to_owned(), httpdate::fmt_http_date);
+    Err(format!(
+        "{} changed during the transfer (modified {when}); run dftp-send again to send it anew",
+        path.display()
+    ))
 }
 
 /// Removes every chunk object left in my outbox towards `peer` (a fresh
@@ -216,7 +254,13 @@ pub async fn send_file(
                         finished_early.extend(ops.kick());
                         // Room for the seal, so that encrypting in place never reallocates.
                         let buf = crate::buf::vec(len as usize + crate::crypto::SEAL_OVERHEAD);
-                        let r = read_span(&file, offset, len, buf).map(crate::buf::freeze).map_err(|e| e.to_string());
+                        let r = read_span(&file, offset, len, buf);
+                        // Checked after the read, so that the last read's
+                        // check also covers everything `done` will vouch for.
+                        let r = match check_unchanged(&file, &fid, &opts.file) {
+                            Ok(()) => r.map(crate::buf::freeze).map_err(|e| e.to_string()),
+                            Err(changed) => Err(changed),
+                        };
                         m.on_read(clock.now(), index, r);
                     }
                     SendOut::Persist => {
@@ -263,15 +307,16 @@ pub async fn send_file(
             if now.saturating_sub(last_progress.0) >= t {
                 // Tell the receiver, which would otherwise wait without
                 // knowing why; the state stays for a later run.
-                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                let (peer, waiting_for) = (peer.to_string(), m.waiting_for());
                 m.stop_resumable(
                     now,
-                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                    format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)),
                 );
-                break Err(TransferError::TimedOut { peer, secs, waiting_for });
+                break Err(TransferError::TimedOut { peer, timeout: t, waiting_for });
             }
         }
-        let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
+        let deadline = wake_by(peer_key.deadline(m.deadline(), m.needs_key()), last_progress.0, opts.timeout);
+        let until = pace.until(now, deadline, &ops);
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
             Woke::Done(res) => {
                 outage.observe(clock.now(), &res);
@@ -303,7 +348,16 @@ pub async fn send_file(
             outage.observe(clock.now(), &res);
             m.on_result(clock.now(), res);
         }
+        // Secure, the notice waits for the receiver's key: looked up once
+        // more at once (a receiver that has published none is not there
+        // to be told, and is not waited for).
+        if m.needs_key() {
+            peer_key.woke();
+        }
         while !m.link().all_written() && clock.now() < until {
+            if opts.security.is_some() {
+                peer_key.look(&mut ops, &peer, m.needs_key(), clock.now());
+            }
             for o in m.take_outputs() {
                 if let SendOut::Op(op) = o {
                     ops.push(op);
@@ -314,7 +368,17 @@ pub async fn send_file(
                     outage.observe(clock.now(), &res);
                     m.on_result(clock.now(), res)
                 }
-                Woke::Wake | Woke::Key(_) => {}
+                Woke::Key(k) => {
+                    let Some(sec) = &opts.security else { continue };
+                    let resolve = k.purpose == KeyPurpose::Resolve;
+                    match peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                        Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                        Ok(None) if resolve && m.needs_key() => break,
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+                Woke::Wake => {}
                 Woke::Shutdown => break,
             }
         }
@@ -673,6 +737,11 @@ impl Target {
         drop(f);
         let tmp = temp_path(&self.dir, &offer);
         let dest = self.dir.join(&offer.name);
+        if dest == tmp {
+            // (`check_file_name` refuses such a name; never report as
+            // stored a file that the clean-up below would remove.)
+            return Err(format!("{} is the name of the partial file itself; not stored", offer.name));
+        }
         if !self.overwrite {
             // Never replace a file that appeared meanwhile: link fails if it exists.
             match std::fs::hard_link(&tmp, &dest) {
@@ -681,9 +750,14 @@ impl Target {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     // The link was made by a run that stopped before it
-                    // removed the partial file: the same file, done.
+                    // removed the partial file: the same file under two
+                    // names, done. (One name only, as on a file system that
+                    // folds case: the partial file itself, kept.)
                     if !same_file(&tmp, &dest) {
                         return Err(format!("{} appeared meanwhile; not replaced (use --overwrite)", offer.name));
+                    }
+                    if links(&tmp) < 2 {
+                        return Err(format!("{} is the name of the partial file itself; not stored", offer.name));
                     }
                     let _ = std::fs::remove_file(&tmp);
                 }
@@ -707,6 +781,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.is_file() && y.is_file() && x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+/// The number of names (hard links) of the file at `p`; 0 when it cannot
+/// be read.
+fn links(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).map_or(0, |m| m.nlink())
 }
 
 /// Receives one file from `peer` into `opts.dir`.
@@ -846,15 +927,16 @@ pub async fn receive_file(
             if now.saturating_sub(last.0) >= t {
                 // Tell the sender, which would otherwise wait without knowing
                 // why; the partial file and the state stay for a later run.
-                let (peer, secs, waiting_for) = (peer.to_string(), t.as_secs(), m.waiting_for());
+                let (peer, waiting_for) = (peer.to_string(), m.waiting_for());
                 m.stop_resumable(
                     now,
-                    format!("it timed out after {secs} s without progress, waiting for {waiting_for}"),
+                    format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)),
                 );
-                break Err(TransferError::TimedOut { peer, secs, waiting_for });
+                break Err(TransferError::TimedOut { peer, timeout: t, waiting_for });
             }
         }
-        let until = pace.until(now, peer_key.deadline(m.deadline(), m.needs_key()), &ops);
+        let deadline = wake_by(peer_key.deadline(m.deadline(), m.needs_key()), last.0, opts.timeout);
+        let until = pace.until(now, deadline, &ops);
         let woke = match target.writing.as_mut() {
             Some(w) => tokio::select! {
                 biased;
@@ -934,8 +1016,12 @@ pub async fn receive_file(
                 }
                 Woke::Key(k) => {
                     if let Some(sec) = &opts.security {
-                        if let Ok(Some(c)) = peer_key.looked(sec, k, clock.now(), &mut on_key) {
-                            m.set_crypto(clock.now(), c);
+                        let resolve = k.purpose == KeyPurpose::Resolve;
+                        match peer_key.looked(sec, k, clock.now(), &mut on_key) {
+                            Ok(Some(c)) => m.set_crypto(clock.now(), c),
+                            // No key published: no sender there to be told.
+                            Ok(None) if resolve && m.needs_key() => break,
+                            _ => {}
                         }
                     }
                 }
@@ -946,7 +1032,9 @@ pub async fn receive_file(
                 Woke::Shutdown => break,
             }
         }
-        if !m.link().all_written() {
+        if m.needs_key() && !m.link().all_written() {
+            tracing::warn!("could not tell {peer} why this side stopped (it has published no key to seal the message)");
+        } else if !m.link().all_written() {
             tracing::warn!("could not tell {peer} why this side stopped (the store did not take the message in time)");
         }
         ops.settle(SETTLE).await;
@@ -1103,6 +1191,77 @@ mod tests {
         t.prepare(&offer, true).unwrap();
         assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
+
+    /// A timeout is shown as given, whole seconds without a fraction (as
+    /// the existing messages, "for 2 s").
+    #[test]
+    fn seconds_are_shown_as_given() {
+        for (given, shown) in [(2.0, "2"), (0.5, "0.5"), (1.25, "1.25"), (0.001, "0.001"), (90.0, "90"), (0.1, "0.1")] {
+            assert_eq!(seconds(Duration::from_secs_f64(given)), shown);
+        }
+        let e = TransferError::TimedOut {
+            peer: "bob".into(),
+            timeout: Duration::from_millis(500),
+            waiting_for: "the offer".into(),
+        };
+        assert_eq!(e.to_string(), "timed out: no progress from bob for 0.5 s, waiting for the offer");
+    }
+
+    /// The driver wakes when the timeout runs out, not only at the
+    /// machine's own deadline or the next poll (seconds later).
+    #[test]
+    fn the_wait_ends_when_the_timeout_runs_out() {
+        let s = Duration::from_secs;
+        assert_eq!(wake_by(Some(s(5)), s(10), Some(s(1))), Some(s(5)));
+        assert_eq!(wake_by(Some(s(30)), s(10), Some(s(1))), Some(s(11)));
+        assert_eq!(wake_by(None, s(10), Some(Duration::from_millis(500))), Some(Duration::from_millis(10_500)));
+        assert_eq!(wake_by(Some(s(30)), s(10), None), Some(s(30)));
+        assert_eq!(wake_by(None, s(10), None), None);
+    }
+
+    /// A file rewritten in place (same size, new modification time) is
+    /// no longer the file being sent; an untouched one is.
+    #[test]
+    fn a_file_changed_in_place_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, b"hello").unwrap();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        File::options().write(true).open(&path).unwrap().set_modified(t0).unwrap();
+        let file = File::open(&path).unwrap();
+        let fid = file_id(&file.metadata().unwrap());
+        assert_eq!(check_unchanged(&file, &fid, &path), Ok(()));
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"J", 0).unwrap();
+        // (Set apart explicitly: a coarse clock could leave it as it was.)
+        File::options().write(true).open(&path).unwrap().set_modified(t0 + Duration::from_nanos(1)).unwrap();
+        let e = check_unchanged(&file, &fid, &path).unwrap_err();
+        let want = format!(
+            "{} changed during the transfer (modified Tue, 14 Nov 2023 22:13:20 GMT); run dftp-send again to send it anew",
+            path.display()
+        );
+        assert_eq!(e, want);
+    }
+
+    /// An offer named like the partial file (which `check_file_name`
+    /// refuses) never finishes as stored: the only copy stays, and with
+    /// `--overwrite` too.
+    #[test]
+    fn finalize_refuses_the_partial_files_own_name() {
+        for overwrite in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let transfer = "00000000000000aa";
+            let name = format!(".dftp-{transfer}.part");
+            let offer = Offer { transfer: transfer.into(), name: name.clone(), size: 5, block_size: 4096 };
+            let tmp = temp_path(dir.path(), &offer);
+            assert_eq!(tmp, dir.path().join(&name));
+            let mut t = Target { overwrite, ..target(dir.path()) };
+            t.prepare(&offer, false).unwrap();
+            t.file.as_ref().unwrap().write_all_at(b"hello", 0).unwrap();
+            let e = t.finalize().unwrap_err();
+            assert!(e.contains("the name of the partial file itself"), "{e}");
+            assert_eq!(std::fs::read(&tmp).unwrap(), b"hello", "the data is kept (overwrite: {overwrite})");
+        }
     }
 
     /// Aligned chunks go around the page cache, the rest through it, and

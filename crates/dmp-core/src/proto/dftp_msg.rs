@@ -122,7 +122,13 @@ pub enum BadName {
     Control(String),
     #[error("file name {0} is reserved on Windows")]
     Reserved(String),
+    #[error("file name {0} starts with {OWN_PREFIX:?}, which the receiver keeps for its own files")]
+    OwnNamespace(String),
 }
+
+/// The names a receiver gives its own files in DIR start with this
+/// (`.dftp-<transfer>.part`); no offered name may, in any case of letters.
+pub const OWN_PREFIX: &str = ".dftp-";
 
 /// Checks an untrusted file name: only a plain base name passes. The
 /// error shows the name escaped, so it cannot drive a terminal.
@@ -139,6 +145,11 @@ pub fn check_file_name(name: &str) -> Result<(), BadName> {
     }
     if name == "." || name == ".." {
         return Err(BadName::Dots(shown()));
+    }
+    // (Case folded: a case-insensitive file system would find the partial
+    // file under `.DFTP-...` too.)
+    if name.as_bytes().get(..OWN_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX.as_bytes())) {
+        return Err(BadName::OwnNamespace(shown()));
     }
     let bad_char = |c: char| {
         c.is_control()
@@ -162,7 +173,19 @@ mod tests {
 
     #[test]
     fn plain_names_pass() {
-        for ok in ["a", "report.pdf", "x y.tar.gz", ".bashrc", "données.txt", "icon.txt", "COM0", "console"] {
+        for ok in [
+            "a",
+            "report.pdf",
+            "x y.tar.gz",
+            ".bashrc",
+            "données.txt",
+            "icon.txt",
+            "COM0",
+            "console",
+            ".dftp",
+            "dftp-x.part",
+            ".dftp_x",
+        ] {
             assert_eq!(check_file_name(ok), Ok(()), "{ok}");
         }
     }
@@ -195,6 +218,17 @@ mod tests {
         ] {
             assert!(check_file_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// The receiver's own names in DIR (its partial files) are never
+    /// offered names: finishing such a transfer would remove the file.
+    #[test]
+    fn the_receivers_own_names_fail() {
+        for bad in [".dftp-00000000000000aa.part", ".dftp-", ".DFTP-00000000000000aa.part", ".Dftp-x"] {
+            assert_eq!(check_file_name(bad), Err(BadName::OwnNamespace(format!("{bad:?}"))), "{bad:?}");
+        }
+        let e = check_file_name(".dftp-1.part").unwrap_err().to_string();
+        assert!(e.contains("\".dftp-\"") && e.contains("own files"), "{e}");
     }
 
     #[test]
