@@ -957,7 +957,7 @@ fn a_sender_that_times_out_tells_the_receiver_and_resumes() {
     s.assert_received();
     let j = json(&again);
     let (resumed, sent) = (num(&j, "resumed_bytes"), num(&j, "sent_bytes"));
-    assert!(resumed >= MIB && sent < 32 * MIB, "the second run resumed: {j}");
+    assert!(resumed > 0 && sent < 32 * MIB, "the second run resumed: {j}");
     let rate = sent as f64 / MIB as f64 / j["seconds"].as_f64().expect("seconds");
     let reported = j["mb_per_s"].as_f64().expect("mb_per_s");
     assert!((reported - rate).abs() <= rate * 1e-6, "mb_per_s {reported}, this run's rate {rate}: {j}");
