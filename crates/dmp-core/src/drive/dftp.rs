@@ -507,7 +507,7 @@ fn read_span(file: &File, offset: u64, len: u64, mut buf: Vec<u8>) -> std::io::R
 
 /// The temporary file of a transfer in the target directory.
 pub fn temp_path(dir: &Path, offer: &Offer) -> PathBuf {
-    dir.join(format!(".dftp-{}.part", offer.transfer))
+    dir.join(crate::proto::dftp_msg::partial_file_name(&offer.transfer))
 }
 
 struct Target {

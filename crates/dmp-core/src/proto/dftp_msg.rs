@@ -130,6 +130,11 @@ pub enum BadName {
 /// (`.dftp-<transfer>.part`); no offered name may, in any case of letters.
 pub const OWN_PREFIX: &str = ".dftp-";
 
+/// The name of the receiver's partial file for `transfer` in DIR.
+pub fn partial_file_name(transfer: &str) -> String {
+    format!("{OWN_PREFIX}{transfer}.part")
+}
+
 /// Checks an untrusted file name: only a plain base name passes. The
 /// error shows the name escaped, so it cannot drive a terminal.
 pub fn check_file_name(name: &str) -> Result<(), BadName> {

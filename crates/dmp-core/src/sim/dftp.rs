@@ -284,7 +284,7 @@ struct Receiver {
 }
 
 fn temp_name(offer: &Offer) -> String {
-    format!(".dftp-{}.part", offer.transfer)
+    crate::proto::dftp_msg::partial_file_name(&offer.transfer)
 }
 
 impl Receiver {
