@@ -308,10 +308,7 @@ pub async fn send_file(
                 // Tell the receiver, which would otherwise wait without
                 // knowing why; the state stays for a later run.
                 let (peer, waiting_for) = (peer.to_string(), m.waiting_for());
-                m.stop_resumable(
-                    now,
-                    format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)),
-                );
+                m.stop(now, format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)));
                 break Err(TransferError::TimedOut { peer, timeout: t, waiting_for });
             }
         }
@@ -928,10 +925,7 @@ pub async fn receive_file(
                 // Tell the sender, which would otherwise wait without knowing
                 // why; the partial file and the state stay for a later run.
                 let (peer, waiting_for) = (peer.to_string(), m.waiting_for());
-                m.stop_resumable(
-                    now,
-                    format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)),
-                );
+                m.stop(now, format!("it timed out after {} s without progress, waiting for {waiting_for}", seconds(t)));
                 break Err(TransferError::TimedOut { peer, timeout: t, waiting_for });
             }
         }

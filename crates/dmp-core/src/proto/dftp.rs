@@ -500,15 +500,10 @@ impl DftpSender {
         }
     }
 
-    /// Stops from outside (the driver's `--timeout`), keeping the state, and
-    /// tells the receiver with a resumable `abort`, as [`Self::stop`].
-    pub fn stop_resumable(&mut self, now: Duration, reason: String) {
-        self.stop(now, reason);
-    }
-
-    /// Fails for a local reason, and tells the receiver so that it does not
-    /// wait without knowing why (see [`Reply::resumable`]).
-    fn stop(&mut self, now: Duration, reason: String) {
+    /// Fails for a local reason (a file that cannot be read, the driver's
+    /// `--timeout`), keeping the state, and tells the receiver so that it
+    /// does not wait without knowing why (see [`Reply::resumable`]).
+    pub fn stop(&mut self, now: Duration, reason: String) {
         if self.finished {
             return;
         }
@@ -1274,9 +1269,10 @@ impl DftpReceiver {
     }
 
     /// Fails for a local reason (a full disk, a file that cannot be
-    /// written), keeping the state, and tells the sender so that it waits
-    /// knowing why (see [`Reply::resumable`]).
-    fn stop(&mut self, now: Duration, reason: String) {
+    /// written, the driver's `--timeout`), keeping the partial file and the
+    /// state, and tells the sender so that it waits knowing why (see
+    /// [`Reply::resumable`]); running the receiver again resumes.
+    pub fn stop(&mut self, now: Duration, reason: String) {
         if self.finished {
             return;
         }
@@ -1304,13 +1300,6 @@ impl DftpReceiver {
         self.gave_up = true;
         self.out.push(RecvOut::GaveUp(reason));
         self.finished = true;
-    }
-
-    /// Stops from outside (the driver's `--timeout`), keeping the partial
-    /// file and the state: the sender is told with a resumable `abort` and
-    /// waits; running the receiver again resumes.
-    pub fn stop_resumable(&mut self, now: Duration, reason: String) {
-        self.stop(now, reason);
     }
 
     /// True once this side gave up ([`RecvOut::GaveUp`]).
