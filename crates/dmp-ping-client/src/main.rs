@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 at least one reply came; 1 none did; 2 usage, store or key error
-(the server's key changed, for one).
+Exit codes: 0 at least one reply came (with -w and -c: COUNT replies);
+1 none did; 2 usage, store or key error (the server's key changed, for one).
 As a monitoring check (Nagios/Icinga: 0 OK, 1 CRITICAL, 2 UNKNOWN):
   dmp-ping-client bob monitor -c 1 -W 30 -q";
 
@@ -20,6 +20,7 @@ As a monitoring check (Nagios/Icinga: 0 OK, 1 CRITICAL, 2 UNKNOWN):
 ///   dmp-ping-client bob alice -c 3
 ///   dmp-ping-client bob alice --store ~/Dropbox/dmp -i 0.2 -W 30
 ///   dmp-ping-client bob alice -c 1 -W 20 -q --json
+///   dmp-ping-client bob alice -c 1 -w 60 -W 20 -q   (up to 60 s for one reply)
 #[derive(Parser, Debug)]
 #[command(version, about, verbatim_doc_comment, after_help = AFTER_HELP)]
 struct Cli {
@@ -38,6 +39,11 @@ struct Cli {
     /// Seconds to wait for each reply (synced folders can be slow).
     #[arg(short = 'W', long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     wait: Duration,
+    /// Stop after SECONDS in all, whatever was sent or received, as
+    /// ping(8)'s -w. With -c, requests go on until COUNT replies came or
+    /// the time is up, and fewer than COUNT replies is exit code 1.
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = parse_seconds)]
+    deadline: Option<Duration>,
     /// Print one JSON object at the end instead of text.
     #[arg(long)]
     json: bool,
@@ -110,6 +116,7 @@ async fn run(cli: Cli) -> Exit {
         count: cli.count,
         interval: cli.interval,
         wait: cli.wait,
+        deadline: cli.deadline,
         link: dmp_core::drive::ping_link_config_for(store.as_ref()),
     };
     let server = cli.server.clone();
@@ -152,7 +159,13 @@ async fn run(cli: Cli) -> Exit {
         }
     };
     let st = summary.stats();
-    let done = if summary.received > 0 { Exit::Ok } else { Exit::Failed };
+    // As ping(8): with a deadline and a count, fewer replies than the count
+    // is a failure; otherwise any reply is success.
+    let wanted = match (cli.deadline, cli.count) {
+        (Some(_), Some(c)) => c,
+        _ => 1,
+    };
+    let done = if summary.received >= wanted { Exit::Ok } else { Exit::Failed };
     if stdout_gone.get() {
         return done;
     }

@@ -360,6 +360,39 @@ fn no_server_means_total_loss_and_exit_1() {
     assert_eq!(summary(&out), (2, 0, "100%".to_owned()));
 }
 
+/// `-w SECONDS`, as ping(8): the run ends then, however long `-W` is. With
+/// no server, the client says once why nothing was sent (the server
+/// publishes its key only while it runs) and exits 1; with `-c 2`, it ends
+/// at the second reply, exit 0; and it fails (exit 1) when fewer than the
+/// count came by the deadline.
+#[test]
+fn a_deadline_ends_the_run_and_counts_replies() {
+    let env = Env::new();
+    let t = Instant::now();
+    let (code, out, err) = env.ping(&["bob", "alice", "-w", "1.5", "-i", "0.2", "-W", "30"]);
+    let took = t.elapsed();
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(took >= Duration::from_millis(1_500) && took < Duration::from_secs(20), "took {took:?}");
+    // Made every 0.2 s until 1.5 s: 8, fewer only if the machine stalls.
+    let (sent, received, unwritten, loss) = full_summary(&out);
+    assert!((sent, received, loss.as_str()) == (0, 0, "100%") && (4..=8).contains(&unwritten), "{out}");
+    let hints: Vec<&str> = err.lines().filter(|l| l.contains("publishes no key")).collect();
+    assert_eq!(hints.len(), 1, "one hint about the missing key:\n{err}");
+    assert!(hints[0].contains("no dmp-ping-server bob runs on this store"), "{err}");
+
+    let _server = env.server("bob");
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-w", "60", "-i", "0.1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(replies(&out, "bob"), vec![1, 2], "{out}");
+    assert!(!err.contains("publishes no key"), "{err}");
+    drop(_server);
+    // The key stays pinned, so requests are written and go unanswered.
+    let (code, out, err) = env.ping(&["bob", "alice", "-c", "2", "-w", "1", "-i", "0.2"]);
+    assert_eq!(code, 1, "fewer than 2 replies by the deadline:\nstdout:\n{out}\nstderr:\n{err}");
+    let (sent, received, loss) = summary(&out);
+    assert!((3..=5).contains(&sent) && (received, loss.as_str()) == (0, "100%"), "{out}");
+}
+
 /// A server outbox on a host that accepts and never answers: before, the
 /// client awaited the server's key in its loop for the store's whole retry
 /// time (it was still running after 7 minutes with `-c 1 -W 5`), deaf to

@@ -500,6 +500,14 @@ pub async fn run_ping_client(
     let mut failure = None;
     let mut key = security::PeerKey::default();
     let mut outage = Outage::default();
+    // Said once: why requests go unanswered while the server's key is missing.
+    let mut key_hint = false;
+    let mut hint_no_key = |machine: &PingClient| {
+        if security.is_some() && machine.needs_key() && !key_hint {
+            key_hint = true;
+            tracing::warn!("{}", no_key_hint(&server));
+        }
+    };
     loop {
         if interrupted {
             break;
@@ -524,6 +532,10 @@ pub async fn run_ping_client(
                 PingEvent::StoreError(_) => {
                     outage.reported = true;
                     on_event(&ev);
+                }
+                PingEvent::Lost { .. } => {
+                    on_event(&ev);
+                    hint_no_key(&machine);
                 }
                 _ => on_event(&ev),
             }
@@ -569,6 +581,9 @@ pub async fn run_ping_client(
             Woke::Shutdown => break,
         }
     }
+    if failure.is_none() {
+        hint_no_key(&machine);
+    }
     let summary = machine.summary();
     ops.settle(SETTLE).await;
     cleanup_link_dir(store, machine.link().out_dir()).await;
@@ -579,6 +594,15 @@ pub async fn run_ping_client(
         Some(e) => Err(e),
         None => Ok(summary),
     }
+}
+
+/// Why a secure ping client made requests it could not write: the server
+/// publishes its key while it runs and removes it when it stops.
+fn no_key_hint(server: &PeerId) -> String {
+    format!(
+        "{server} publishes no key in this store, so no request could be sealed: no dmp-ping-server {server} \
+         runs on this store, its key has not synced here yet, or it runs with --insecure-plaintext"
+    )
 }
 
 /// Deletes every object in one of my channel directories (best effort),

@@ -34,6 +34,10 @@ pub struct PingConfig {
     pub interval: Duration,
     /// How long to wait for each reply.
     pub wait: Duration,
+    /// Stop this long after the start, whatever was sent or received, as
+    /// ping(8)'s `-w`. With a `count` as well, requests go on past `count`
+    /// until `count` replies came or the deadline passed.
+    pub deadline: Option<Duration>,
     pub link: LinkConfig,
 }
 
@@ -201,6 +205,10 @@ pub struct PingClient {
     /// of this client is never taken for a reply.
     tag: u64,
     rtts: RttRecorder,
+    /// When the run ends at the latest (`PingConfig::deadline` from the start).
+    end: Option<Duration>,
+    /// The deadline has passed: nothing more is sent or awaited.
+    over: bool,
     events: Vec<PingEvent>,
     ops: Vec<Op>,
 }
@@ -219,6 +227,7 @@ fn writes_first(mut ops: Vec<Op>) -> Vec<Op> {
 impl PingClient {
     pub fn new(client: PeerId, server: PeerId, cfg: PingConfig, session: u64, now: Duration) -> PingClient {
         let link = Link::new(client, server, cfg.link.clone(), None, session);
+        let end = cfg.deadline.map(|d| now + d);
         let mut c = PingClient {
             link,
             cfg,
@@ -229,6 +238,8 @@ impl PingClient {
             waiting: BTreeMap::new(),
             tag: request_tag(session),
             rtts: RttRecorder::new(session),
+            end,
+            over: false,
             events: Vec::new(),
             ops: Vec::new(),
         };
@@ -259,6 +270,12 @@ impl PingClient {
     /// Time passed or something changed.
     pub fn wake(&mut self, now: Duration) {
         self.link.wake(now);
+        if self.end.is_some_and(|end| now >= end) && !self.over {
+            // Requests still awaited count as lost, as in ping(8), without
+            // a line each: the run is over, not their wait.
+            self.over = true;
+            self.waiting.clear();
+        }
         self.expire(now);
         while self.next_send <= now && !self.all_sent() {
             self.made += 1;
@@ -291,8 +308,15 @@ impl PingClient {
         self.drain_at(now);
     }
 
+    /// No more requests to make: the deadline passed; or, with a deadline,
+    /// `count` replies came; or, without one, `count` requests were made.
     fn all_sent(&self) -> bool {
-        self.cfg.count.is_some_and(|c| self.made >= c)
+        match (self.cfg.count, self.end) {
+            _ if self.over => true,
+            (Some(c), Some(_)) => self.rtts.count() >= c,
+            (Some(c), None) => self.made >= c,
+            (None, _) => false,
+        }
     }
 
     fn expire(&mut self, now: Duration) {
@@ -353,9 +377,10 @@ impl PingClient {
         std::mem::take(&mut self.events)
     }
 
-    /// True once every request was sent and answered or given up on.
+    /// True once every request was sent and answered or given up on, or
+    /// the deadline passed.
     pub fn finished(&self) -> bool {
-        self.all_sent() && self.waiting.is_empty()
+        self.over || (self.all_sent() && (self.waiting.is_empty() || self.end.is_some()))
     }
 
     /// When to call [`PingClient::wake`] at the latest.
@@ -367,6 +392,9 @@ impl PingClient {
         }
         if let Some(t) = self.waiting.values().min() {
             take(*t + self.cfg.wait);
+        }
+        if let Some(end) = self.end.filter(|_| !self.over) {
+            take(end);
         }
         d
     }
@@ -654,6 +682,7 @@ mod tests {
             count: Some(1),
             interval: Duration::from_millis(10),
             wait: Duration::from_secs(5),
+            deadline: None,
             link: LinkConfig::default(),
         };
         // The server answered request 1 of an earlier run of alice; that
@@ -698,6 +727,7 @@ mod tests {
             count: Some(3),
             interval: Duration::from_millis(10),
             wait: Duration::from_secs(5),
+            deadline: None,
             link: LinkConfig::default(),
         };
         let mut c = PingClient::new(pid("alice"), pid("bob"), cfg, 1_000, Duration::ZERO);
@@ -740,6 +770,87 @@ mod tests {
         assert!(mixed > 0, "no batch held both writes and reads: the test shows nothing");
     }
 
+    /// Runs a client (and, with `answer`, a server for it) over one memory
+    /// store in steps of 10 ms until the client finishes or 60 s pass;
+    /// `answer(n)` says whether the server is there at step `n`.
+    async fn run_until_finished(cfg: PingConfig, answer: impl Fn(Duration) -> bool) -> (PingClient, Duration) {
+        let store = MemoryStore::new();
+        let mut c = PingClient::new(pid("alice"), pid("bob"), cfg, 1_000, Duration::ZERO);
+        let mut s = PingServer::new(pid("bob"), LinkConfig::default(), 2_000);
+        s.add_client(Duration::ZERO, pid("alice"));
+        let mut now = Duration::ZERO;
+        while !c.finished() && now < Duration::from_secs(60) {
+            c.wake(now);
+            let up = answer(now);
+            if up {
+                s.wake(now);
+            }
+            for _ in 0..20 {
+                let (co, so) = (c.take_ops(), if up { s.take_ops() } else { Vec::new() });
+                if co.is_empty() && so.is_empty() {
+                    break;
+                }
+                for op in co {
+                    let r = perform(&store, op).await;
+                    c.on_result(now, r);
+                }
+                for op in so {
+                    let r = perform(&store, op).await;
+                    s.on_result(now, r);
+                }
+            }
+            if c.finished() {
+                break;
+            }
+            now += Duration::from_millis(10);
+        }
+        (c, now)
+    }
+
+    /// `-w`: the run ends at the deadline, whatever is still awaited (a
+    /// request's own wait, `-W`, is far longer here), without a line for
+    /// each request cut short; with no count, that is the only end.
+    #[tokio::test]
+    async fn a_deadline_ends_the_run_on_time() {
+        let cfg = PingConfig {
+            count: None,
+            interval: Duration::from_millis(100),
+            wait: Duration::from_secs(30),
+            deadline: Some(Duration::from_millis(1_000)),
+            link: LinkConfig::default(),
+        };
+        let (mut c, now) = run_until_finished(cfg, |_| false).await;
+        assert!(c.finished(), "not finished after {now:?}");
+        assert_eq!(now, Duration::from_millis(1_000), "ended at {now:?}");
+        assert_eq!(c.deadline().filter(|d| *d < Duration::from_secs(1)), None);
+        let sum = c.summary();
+        assert_eq!((sum.sent + sum.unwritten, sum.received), (10, 0), "{sum:?}");
+        assert!(!c.take_events().iter().any(|e| matches!(e, PingEvent::Lost { .. })), "no request waited 30 s");
+    }
+
+    /// `-c N -w D`, as ping(8): requests go on past N until N replies came
+    /// (here the server is away for the first 0.5 s, so the first requests
+    /// go unanswered), and the run ends with the Nth reply, not at D.
+    #[tokio::test]
+    async fn a_deadline_with_a_count_waits_for_count_replies() {
+        let cfg = PingConfig {
+            count: Some(3),
+            interval: Duration::from_millis(100),
+            wait: Duration::from_millis(200),
+            deadline: Some(Duration::from_secs(20)),
+            link: LinkConfig::default(),
+        };
+        let (c, now) = run_until_finished(cfg.clone(), |t| t >= Duration::from_millis(500)).await;
+        assert!(c.finished() && now < Duration::from_secs(5), "finished {} at {now:?}", c.finished());
+        let sum = c.summary();
+        assert_eq!(sum.received, 3, "{sum:?}");
+        assert!(sum.sent > 3, "requests went on past the count: {sum:?}");
+        // Without the deadline, three requests and whatever came of them.
+        let (c, _) =
+            run_until_finished(PingConfig { deadline: None, ..cfg }, |t| t >= Duration::from_millis(500)).await;
+        assert_eq!((c.summary().sent, c.summary().received), (3, 0));
+    }
+
     /// "sent" counts requests written into the store: a store that refuses
     /// every write (read-only) has none sent, and every request made is
     /// lost. Before, every request made counted as sent.
@@ -750,6 +861,7 @@ mod tests {
             count: Some(2),
             interval: Duration::from_millis(10),
             wait: Duration::from_millis(100),
+            deadline: None,
             link: LinkConfig::default(),
         };
         let mut c = PingClient::new(pid("alice"), pid("bob"), cfg, 1_000, Duration::ZERO);
