@@ -781,6 +781,10 @@ fn cases() -> Vec<Case> {
             c.offer();
             symlink(&c.victim.join("canary"), &c.dir.join(format!(".dftp-{TRANSFER}.part")));
         }),
+        plant("partial_file_is_a_hard_link_to_a_file_outside_dir", Error(""), |c| {
+            c.offer();
+            std::fs::hard_link(c.victim.join("canary"), c.dir.join(format!(".dftp-{TRANSFER}.part"))).expect("link");
+        }),
         plant("target_name_is_a_dangling_symlink", Error(""), |c| {
             c.offer();
             for i in 0..3 {
@@ -1128,7 +1132,7 @@ fn run_case(case: &Case) -> Result<String, String> {
 
 /// Cases that plant something in DIR themselves.
 fn planted_in_dir(name: &str) -> bool {
-    name == "partial_file_is_a_symlink_outside_dir" || name == "target_name_is_a_dangling_symlink"
+    name.starts_with("partial_file_is_a_") || name == "target_name_is_a_dangling_symlink"
 }
 
 fn judge(f: &Finished, expect: Expect) -> Result<String, String> {
