@@ -777,6 +777,9 @@ fn cases() -> Vec<Case> {
             std::fs::create_dir_all(c.store("bob")).expect("dir");
             std::fs::write(c.store("bob/alice"), b"not a directory").expect("write");
         }),
+        plant("known_peers_is_a_fifo", Error("not a regular file"), |c| {
+            mkfifo(&c.sb.config.join("known_peers"));
+        }),
         plant("partial_file_is_a_symlink_outside_dir", Error(""), |c| {
             c.offer();
             symlink(&c.victim.join("canary"), &c.dir.join(format!(".dftp-{TRANSFER}.part")));
@@ -942,6 +945,33 @@ fn cases() -> Vec<Case> {
             let mut v = recv_cli(c, &[]);
             v[2] = p.into();
             v
+        }),
+        // ---- the local files the tools read: special files, never a hang ----
+        cli("recv_config_file_is_a_fifo", "dftp-receive", "not a regular file", |c| {
+            mkfifo(&c.sb.config.join("config.toml"));
+            recv_cli(c, &[])
+        }),
+        cli("recv_config_file_is_dev_zero", "dftp-receive", "not a regular file", |c| {
+            recv_cli(c, &["--config", "/dev/zero"])
+        }),
+        cli("recv_peers_file_is_a_fifo", "dftp-receive", "not a regular file", |c| {
+            let p = c.sb.path("peers.fifo");
+            mkfifo(&p);
+            let mut v = recv_cli(c, &["--peers-file"]);
+            v.push(p.into());
+            v
+        }),
+        cli("recv_own_key_is_a_symlink_to_dev_zero", "dftp-receive", "not a regular file", |c| {
+            let key = c.sb.config.join("keys/bob.key");
+            std::fs::remove_file(&key).expect("remove");
+            symlink(Path::new("/dev/zero"), &key);
+            recv_cli(c, &[])
+        }),
+        cli("recv_own_key_is_a_dangling_symlink", "dftp-receive", "missing file", |c| {
+            let key = c.sb.config.join("keys/bob.key");
+            std::fs::remove_file(&key).expect("remove");
+            symlink(&c.sb.path("no-such-key"), &key);
+            recv_cli(c, &[])
         }),
         cli("recv_timeout_words", "dftp-receive", "", |c| recv_cli(c, &["--timeout", "soon"])),
         cli("recv_unknown_flag", "dftp-receive", "", |c| recv_cli(c, &["--overwrite=maybe"])),

@@ -81,7 +81,7 @@ pub fn load_or_create_identity(dir: &Path, id: &PeerId) -> Result<(Identity, boo
     let keys = dir.join("keys");
     let path = keys.join(format!("{id}.key"));
     loop {
-        match std::fs::read_to_string(&path) {
+        match crate::localfile::read_to_string(&path, crate::localfile::MAX_CONFIG) {
             Ok(text) => {
                 if let Ok(meta) = std::fs::metadata(&path) {
                     if meta.permissions().mode() & 0o077 != 0 {
@@ -111,7 +111,14 @@ pub fn load_or_create_identity(dir: &Path, id: &PeerId) -> Result<(Identity, boo
                 let _ = std::fs::remove_file(&tmp);
                 match written {
                     Ok(()) => return Ok((ident, true)),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    // A name that exists but reads as missing is a symbolic
+                    // link to nothing: looping would never end.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if std::fs::metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+                            return Err(io(&path, "a symbolic link to a missing file"));
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(io(&path, e)),
                 }
             }
@@ -144,7 +151,7 @@ impl KnownPeers {
     }
 
     fn entries(&self) -> Result<Vec<(String, String)>, KeyError> {
-        let text = match std::fs::read_to_string(&self.path) {
+        let text = match crate::localfile::read_to_string(&self.path, crate::localfile::MAX_CONFIG) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(&self.path, e)),
@@ -229,11 +236,16 @@ impl KnownPeers {
     }
 
     fn pin_unlocked(&self, peer: &PeerId, key: &PublicKey) -> Result<(), KeyError> {
-        let mut lines: Vec<String> = match std::fs::read_to_string(&self.path) {
+        // (Only a missing file starts afresh: one that cannot be read must
+        // not be replaced by a file holding this one pin.)
+        let mut lines: Vec<String> = match crate::localfile::read_to_string(&self.path, crate::localfile::MAX_CONFIG) {
             Ok(t) => {
                 t.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).map(str::to_owned).collect()
             }
-            Err(_) => vec!["# dmp pinned peer keys: <peer-id> <x25519 public key hex>".to_owned()],
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                vec!["# dmp pinned peer keys: <peer-id> <x25519 public key hex>".to_owned()]
+            }
+            Err(e) => return Err(io(&self.path, e)),
         };
         lines.push(format!("{peer} {}", key.to_hex()));
         self.replace(&lines.join("\n"))
@@ -249,7 +261,11 @@ impl KnownPeers {
     /// Forgets the pin of `peer` (to accept a new key deliberately).
     pub fn forget(&self, peer: &PeerId) -> Result<(), KeyError> {
         self.locked(|| {
-            let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
+            let text = match crate::localfile::read_to_string(&self.path, crate::localfile::MAX_CONFIG) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io(&self.path, e)),
+            };
             let kept: Vec<&str> = text.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).collect();
             self.replace(&kept.join("\n"))
         })
@@ -352,6 +368,21 @@ mod tests {
         assert!(err.contains("known_peers"), "{err}");
         kp.forget(&bob).unwrap();
         assert_eq!(kp.check(&bob, &k2).unwrap(), Pin::Pinned);
+    }
+
+    /// A known_peers that cannot be read (here: not UTF-8) is an error for
+    /// `pin` (--accept-new-key): before, it was replaced by a file holding
+    /// the one new pin, every other pin lost.
+    #[test]
+    fn pinning_never_replaces_a_file_it_cannot_read() {
+        let d = tempfile::tempdir().unwrap();
+        let kp = KnownPeers::open(d.path());
+        let body = b"carol 00\n\xff\xfe\n".to_vec();
+        std::fs::write(kp.path(), &body).unwrap();
+        let k = Identity::from_seed(b"k1 seed for tests only.........").public().clone();
+        assert!(kp.pin(&PeerId::new("bob").unwrap(), &k).is_err());
+        assert!(kp.forget(&PeerId::new("carol").unwrap()).is_err());
+        assert_eq!(std::fs::read(kp.path()).unwrap(), body, "known_peers is untouched");
     }
 
     #[test]

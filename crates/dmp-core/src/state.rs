@@ -93,7 +93,7 @@ pub enum StateError {
 
 /// Loads a state file; `Ok(None)` when there is none.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::localfile::read_to_string(path, crate::localfile::MAX_STATE) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StateError::Io { path: path.display().to_string(), msg: e.to_string() }),
@@ -151,6 +151,17 @@ pub fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO or a device under a state file's name is an error at once,
+    /// not a read that blocks (a FIFO) or never ends (`/dev/zero`).
+    #[test]
+    fn a_special_file_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("s.json");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(matches!(load::<Vec<u32>>(&fifo), Err(StateError::Io { .. })));
+        assert!(matches!(load::<Vec<u32>>(Path::new("/dev/zero")), Err(StateError::Io { .. })));
+    }
 
     #[test]
     fn round_trip_and_damage() {
