@@ -196,12 +196,18 @@ impl KnownPeers {
             std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
         }
         let lock_path = self.path.with_extension("lock");
+        // Non-blocking: a FIFO planted under the name would block the open.
+        use std::os::unix::fs::OpenOptionsExt;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&lock_path)
             .map_err(|e| io(&lock_path, e))?;
+        if !lock.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(io(&lock_path, "not a regular file"));
+        }
         // fs4: std's File::lock is newer than the MSRV (1.89 against 1.85).
         fs4::FileExt::lock(&lock).map_err(|e| io(&lock_path, e))?;
         let r = f();
@@ -368,6 +374,20 @@ mod tests {
         assert!(err.contains("known_peers"), "{err}");
         kp.forget(&bob).unwrap();
         assert_eq!(kp.check(&bob, &k2).unwrap(), Pin::Pinned);
+    }
+
+    /// A FIFO under the name of known_peers' lock is an error at once (the
+    /// open blocked for ever, waiting for a reader).
+    #[test]
+    fn a_fifo_as_the_lock_of_known_peers_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let kp = KnownPeers::open(d.path());
+        let fifo = d.path().join("known_peers.lock");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let k = Identity::from_seed(b"k1 seed for tests only.........").public().clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(kp.check(&PeerId::new("bob").unwrap(), &k).is_err()).unwrap());
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("returned within 10 s"));
     }
 
     /// A known_peers that cannot be read (here: not UTF-8) is an error for
