@@ -266,9 +266,7 @@ pub async fn send_file(
                     SendOut::Persist => {
                         if let Some(p) = &opts.state_file {
                             let s = SendStateFile { file_id: fid.clone(), machine: m.snapshot() };
-                            if let Err(e) = state::save(p, &s) {
-                                tracing::warn!("{e}");
-                            }
+                            save_state(p, &s);
                         }
                     }
                     SendOut::Accepted => tracing::info!("{peer} accepted the offer"),
@@ -500,6 +498,21 @@ fn read_span(file: &File, offset: u64, len: u64, mut buf: Vec<u8>) -> std::io::R
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than it was"));
     }
     Ok(buf)
+}
+
+/// Saves a transfer's state. A failure (a state directory that is a file,
+/// read-only, full) is a warning once per process, not once per chunk: a
+/// transfer saves its state hundreds of times.
+fn save_state<T: Serialize>(path: &Path, value: &T) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = state::save(path, value) {
+        if WARNED.swap(true, Ordering::Relaxed) {
+            tracing::debug!("{e}");
+        } else {
+            tracing::warn!("{e}; if stopped, this transfer cannot resume (warned once)");
+        }
+    }
 }
 
 /// The temporary file of a transfer in the target directory.
@@ -884,9 +897,7 @@ pub async fn receive_file(
                     RecvOut::Op(op) => ops.push(op),
                     RecvOut::Persist => {
                         if let Some(p) = &opts.state_file {
-                            if let Err(e) = state::save(p, &m.snapshot()) {
-                                tracing::warn!("{e}");
-                            }
+                            save_state(p, &m.snapshot());
                         }
                     }
                     RecvOut::Prepare { offer, resume } => {
@@ -1019,8 +1030,8 @@ pub async fn receive_file(
                     RecvOut::Op(op) => ops.push(op),
                     // Kept for a later run (not given up): saved as it goes.
                     RecvOut::Persist if !m.gave_up() => {
-                        if let Some(Err(e)) = opts.state_file.as_ref().map(|p| state::save(p, &m.snapshot())) {
-                            tracing::warn!("{e}");
+                        if let Some(p) = &opts.state_file {
+                            save_state(p, &m.snapshot());
                         }
                     }
                     _ => {}
@@ -1142,8 +1153,8 @@ async fn linger(
             match o {
                 RecvOut::Op(op) => ops.push(op),
                 RecvOut::Persist => {
-                    if let Some(Err(e)) = state_file.map(|p| state::save(p, &m.snapshot())) {
-                        tracing::warn!("{e}");
+                    if let Some(p) = state_file {
+                        save_state(p, &m.snapshot());
                     }
                 }
                 _ => {}
