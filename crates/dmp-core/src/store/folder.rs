@@ -103,46 +103,41 @@ impl FolderStore {
         Ok(true)
     }
 
-    /// Creates the parent directories of `key`, refusing to go through a
-    /// symlink or a non-directory planted in the store. Checked at every
-    /// put, since a directory may be swapped for a symlink at any time.
-    fn ensure_parent(&self, key: &Key) -> Result<PathBuf, StoreError> {
-        let path = self.path(key);
-        let mut dir = self.root.clone();
+    /// Creates the parent directories of `key` and opens the last one,
+    /// refusing to go through a symlink or a non-directory planted in the
+    /// store. One component at a time, each created and opened relative to
+    /// the one above (`mkdirat`, `openat` with `O_NOFOLLOW`): a directory
+    /// swapped for a symlink at any moment cannot lead outside the store,
+    /// neither for the write nor for the directories made on the way.
+    fn ensure_parent(&self, key: &Key) -> Result<rustix::fd::OwnedFd, StoreError> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir = self.open_dir(&[]).map_err(|e| self.err("mkdir", key, e))?;
+        let mut path = self.root.clone();
         let comps: Vec<&str> = key.components().collect();
         for c in &comps[..comps.len() - 1] {
-            dir.push(c);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(StoreError::NotADirectory { store: self.describe(), key: dir.display().to_string() });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        let m = fs::symlink_metadata(&dir).map_err(|e| self.err("mkdir", key, e))?;
-                        if !m.is_dir() {
-                            return Err(StoreError::NotADirectory {
-                                store: self.describe(),
-                                key: dir.display().to_string(),
-                            });
-                        }
-                    }
-                    Err(e) => return Err(self.err("mkdir", key, e)),
-                },
-                Err(e) => return Err(self.err("mkdir", key, e)),
+            path.push(c);
+            match rustix::fs::mkdirat(&dir, *c, Mode::from_raw_mode(0o777)) {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::EXIST => {}
+                Err(e) => return Err(self.err("mkdir", key, e.into())),
             }
+            dir = match rustix::fs::openat(&dir, *c, flags, Mode::empty()) {
+                Ok(d) => d,
+                Err(e) if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR => {
+                    return Err(StoreError::NotADirectory { store: self.describe(), key: path.display().to_string() });
+                }
+                Err(e) => return Err(self.err("mkdir", key, e.into())),
+            };
         }
-        Ok(path)
+        Ok(dir)
     }
 
     fn put_sync(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
-        self.ensure_parent(key)?;
         // Everything below through a descriptor of the directory, opened
         // without following a symbolic link: a directory swapped for a
-        // link after the checks above cannot send the write elsewhere.
-        let comps: Vec<&str> = key.components().collect();
-        let dir = self.open_dir(&comps[..comps.len() - 1]).map_err(|e| self.dir_err("put", key, e))?;
+        // link after it was opened cannot send the write elsewhere.
+        let dir = self.ensure_parent(key)?;
         let tmp = format!(".~dmp-{:016x}.tmp", fastrand::u64(..));
         let res = (|| -> io::Result<()> {
             use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -188,16 +183,6 @@ impl FolderStore {
             }
         }
         Ok(rustix::fs::open(&path, flags, Mode::empty())?)
-    }
-
-    /// The error of [`FolderStore::open_dir`] for `key`'s directory.
-    fn dir_err(&self, op: &'static str, key: &Key, e: io::Error) -> StoreError {
-        match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
-                StoreError::NotADirectory { store: self.describe(), key: key.to_string() }
-            }
-            _ => self.err(op, key, e),
-        }
     }
 
     /// Opens `key` for reading in one system call that refuses a symbolic
@@ -639,6 +624,44 @@ mod tests {
             escaped
         });
         assert_eq!(escaped, 0, "{escaped} deletes or writes went through the symlink");
+    }
+
+    /// A party's directory swapped back and forth with a symbolic link to
+    /// a directory outside the store while the store writes below it: no
+    /// directory is ever made outside (before, the check of each directory
+    /// and the `mkdir` below it were two steps).
+    #[test]
+    fn directories_are_never_made_through_a_swapped_symlink() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = FolderStore::open(dir.path(), FolderOptions { watch: false, rescan: None }).unwrap();
+        let r = store.root().to_path_buf();
+        std::fs::create_dir_all(r.join("bob")).unwrap();
+        let key = Key::new(["bob", "alice", "0000000000000001-0000000000000001.msg"]).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (party, other) = (r.join("bob"), r.join("other"));
+                symlink(outside.path(), &other).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let flags = rustix::fs::RenameFlags::EXCHANGE;
+                    rustix::fs::renameat_with(rustix::fs::CWD, &party, rustix::fs::CWD, &other, flags).unwrap();
+                }
+            });
+            let mut made = 0;
+            // (The window was narrow: 8 to 40 in 100,000 went outside here.)
+            for _ in 0..100_000 {
+                let _ = store.put_sync(&key, b"message");
+                if std::fs::remove_dir_all(outside.path().join("alice")).is_ok() {
+                    made += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(made, 0, "{made} times a directory was made outside the store");
+        });
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(made.is_empty(), "made outside the store: {made:?}");
     }
 
     /// The one-call open (openat2) and the component-by-component checks
