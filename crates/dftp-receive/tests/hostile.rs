@@ -954,7 +954,7 @@ fn cases() -> Vec<Case> {
         cli("recv_config_file_is_dev_zero", "dftp-receive", "not a regular file", |c| {
             recv_cli(c, &["--config", "/dev/zero"])
         }),
-        cli("recv_peers_file_is_a_fifo", "dftp-receive", "not a regular file", |c| {
+        cli("recv_peers_file_is_a_fifo", "dftp-receive", "peers file", |c| {
             let p = c.sb.path("peers.fifo");
             mkfifo(&p);
             let mut v = recv_cli(c, &["--peers-file"]);
