@@ -1132,3 +1132,32 @@ fn a_receiver_restarted_after_finished_sends_nothing_again() {
     }
     panic!("the sender read finished before it could be stopped, three times");
 }
+
+// ---------------------------------------------------------------------------
+// Local state that cannot be saved
+
+/// A state directory that cannot be used (here a file in its place): the
+/// transfer goes on and completes, and each side says once that it could
+/// not save its state (and once that it could not read it). (Before, each side warned at every save, twice per
+/// chunk: 62 lines for 31 chunks, hundreds for a large file.)
+#[test]
+fn an_unusable_state_directory_is_a_warning_once() {
+    let s = setup("an_unusable_state_directory_is_a_warning_once", "data.bin", 20 * BLOCK + 5);
+    let not_a_dir = s.sb.path("state-is-a-file");
+    std::fs::write(&not_a_dir, b"not a directory").expect("write");
+    let mut cmd = s.sb.command("dftp-receive", recv_args(&s.sb, &s.dir, &["--timeout", "20"]));
+    cmd.env("DMP_STATE_DIR", &not_a_dir);
+    let recv = s.sb.spawn_command("dftp-receive", cmd);
+    let mut cmd = s.sb.command("dftp-send", send_args(&s.sb, &s.src, &["-b", "64k", "--timeout", "20"]));
+    cmd.env("DMP_STATE_DIR", &not_a_dir);
+    let send = s.sb.spawn_command("dftp-send", cmd);
+    let (r, snd) = (recv.wait(), send.wait());
+    r.expect_ok();
+    snd.expect_ok();
+    s.assert_received();
+    for f in [&r, &snd] {
+        // (One more line where the state is first read.)
+        let warnings = f.stderr_lines().iter().filter(|l| l.contains("state file")).count();
+        assert!(warnings <= 2, "at most two lines about the state file\n{}", f.describe());
+    }
+}

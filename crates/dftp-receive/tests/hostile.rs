@@ -777,9 +777,16 @@ fn cases() -> Vec<Case> {
             std::fs::create_dir_all(c.store("bob")).expect("dir");
             std::fs::write(c.store("bob/alice"), b"not a directory").expect("write");
         }),
+        plant("known_peers_is_a_fifo", Error("not a regular file"), |c| {
+            mkfifo(&c.sb.config.join("known_peers"));
+        }),
         plant("partial_file_is_a_symlink_outside_dir", Error(""), |c| {
             c.offer();
             symlink(&c.victim.join("canary"), &c.dir.join(format!(".dftp-{TRANSFER}.part")));
+        }),
+        plant("partial_file_is_a_hard_link_to_a_file_outside_dir", Error(""), |c| {
+            c.offer();
+            std::fs::hard_link(c.victim.join("canary"), c.dir.join(format!(".dftp-{TRANSFER}.part"))).expect("link");
         }),
         plant("target_name_is_a_dangling_symlink", Error(""), |c| {
             c.offer();
@@ -938,6 +945,33 @@ fn cases() -> Vec<Case> {
             let mut v = recv_cli(c, &[]);
             v[2] = p.into();
             v
+        }),
+        // ---- the local files the tools read: special files, never a hang ----
+        cli("recv_config_file_is_a_fifo", "dftp-receive", "not a regular file", |c| {
+            mkfifo(&c.sb.config.join("config.toml"));
+            recv_cli(c, &[])
+        }),
+        cli("recv_config_file_is_dev_zero", "dftp-receive", "not a regular file", |c| {
+            recv_cli(c, &["--config", "/dev/zero"])
+        }),
+        cli("recv_peers_file_is_a_fifo", "dftp-receive", "peers file", |c| {
+            let p = c.sb.path("peers.fifo");
+            mkfifo(&p);
+            let mut v = recv_cli(c, &["--peers-file"]);
+            v.push(p.into());
+            v
+        }),
+        cli("recv_own_key_is_a_symlink_to_dev_zero", "dftp-receive", "not a regular file", |c| {
+            let key = c.sb.config.join("keys/bob.key");
+            std::fs::remove_file(&key).expect("remove");
+            symlink(Path::new("/dev/zero"), &key);
+            recv_cli(c, &[])
+        }),
+        cli("recv_own_key_is_a_dangling_symlink", "dftp-receive", "missing file", |c| {
+            let key = c.sb.config.join("keys/bob.key");
+            std::fs::remove_file(&key).expect("remove");
+            symlink(&c.sb.path("no-such-key"), &key);
+            recv_cli(c, &[])
         }),
         cli("recv_timeout_words", "dftp-receive", "", |c| recv_cli(c, &["--timeout", "soon"])),
         cli("recv_unknown_flag", "dftp-receive", "", |c| recv_cli(c, &["--overwrite=maybe"])),
@@ -1128,7 +1162,7 @@ fn run_case(case: &Case) -> Result<String, String> {
 
 /// Cases that plant something in DIR themselves.
 fn planted_in_dir(name: &str) -> bool {
-    name == "partial_file_is_a_symlink_outside_dir" || name == "target_name_is_a_dangling_symlink"
+    name.starts_with("partial_file_is_a_") || name == "target_name_is_a_dangling_symlink"
 }
 
 fn judge(f: &Finished, expect: Expect) -> Result<String, String> {

@@ -81,7 +81,7 @@ pub fn load_or_create_identity(dir: &Path, id: &PeerId) -> Result<(Identity, boo
     let keys = dir.join("keys");
     let path = keys.join(format!("{id}.key"));
     loop {
-        match std::fs::read_to_string(&path) {
+        match crate::localfile::read_to_string(&path, crate::localfile::MAX_CONFIG) {
             Ok(text) => {
                 if let Ok(meta) = std::fs::metadata(&path) {
                     if meta.permissions().mode() & 0o077 != 0 {
@@ -111,7 +111,14 @@ pub fn load_or_create_identity(dir: &Path, id: &PeerId) -> Result<(Identity, boo
                 let _ = std::fs::remove_file(&tmp);
                 match written {
                     Ok(()) => return Ok((ident, true)),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    // A name that exists but reads as missing is a symbolic
+                    // link to nothing: looping would never end.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if std::fs::metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+                            return Err(io(&path, "a symbolic link to a missing file"));
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(io(&path, e)),
                 }
             }
@@ -144,7 +151,7 @@ impl KnownPeers {
     }
 
     fn entries(&self) -> Result<Vec<(String, String)>, KeyError> {
-        let text = match std::fs::read_to_string(&self.path) {
+        let text = match crate::localfile::read_to_string(&self.path, crate::localfile::MAX_CONFIG) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(&self.path, e)),
@@ -189,12 +196,18 @@ impl KnownPeers {
             std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
         }
         let lock_path = self.path.with_extension("lock");
+        // Non-blocking: a FIFO planted under the name would block the open.
+        use std::os::unix::fs::OpenOptionsExt;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&lock_path)
             .map_err(|e| io(&lock_path, e))?;
+        if !lock.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(io(&lock_path, "not a regular file"));
+        }
         // fs4: std's File::lock is newer than the MSRV (1.89 against 1.85).
         fs4::FileExt::lock(&lock).map_err(|e| io(&lock_path, e))?;
         let r = f();
@@ -229,11 +242,16 @@ impl KnownPeers {
     }
 
     fn pin_unlocked(&self, peer: &PeerId, key: &PublicKey) -> Result<(), KeyError> {
-        let mut lines: Vec<String> = match std::fs::read_to_string(&self.path) {
+        // (Only a missing file starts afresh: one that cannot be read must
+        // not be replaced by a file holding this one pin.)
+        let mut lines: Vec<String> = match crate::localfile::read_to_string(&self.path, crate::localfile::MAX_CONFIG) {
             Ok(t) => {
                 t.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).map(str::to_owned).collect()
             }
-            Err(_) => vec!["# dmp pinned peer keys: <peer-id> <x25519 public key hex>".to_owned()],
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                vec!["# dmp pinned peer keys: <peer-id> <x25519 public key hex>".to_owned()]
+            }
+            Err(e) => return Err(io(&self.path, e)),
         };
         lines.push(format!("{peer} {}", key.to_hex()));
         self.replace(&lines.join("\n"))
@@ -249,7 +267,11 @@ impl KnownPeers {
     /// Forgets the pin of `peer` (to accept a new key deliberately).
     pub fn forget(&self, peer: &PeerId) -> Result<(), KeyError> {
         self.locked(|| {
-            let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
+            let text = match crate::localfile::read_to_string(&self.path, crate::localfile::MAX_CONFIG) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io(&self.path, e)),
+            };
             let kept: Vec<&str> = text.lines().filter(|l| l.split_whitespace().next() != Some(peer.as_str())).collect();
             self.replace(&kept.join("\n"))
         })
@@ -352,6 +374,35 @@ mod tests {
         assert!(err.contains("known_peers"), "{err}");
         kp.forget(&bob).unwrap();
         assert_eq!(kp.check(&bob, &k2).unwrap(), Pin::Pinned);
+    }
+
+    /// A FIFO under the name of known_peers' lock is an error at once (the
+    /// open blocked for ever, waiting for a reader).
+    #[test]
+    fn a_fifo_as_the_lock_of_known_peers_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let kp = KnownPeers::open(d.path());
+        let fifo = d.path().join("known_peers.lock");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let k = Identity::from_seed(b"k1 seed for tests only.........").public().clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(kp.check(&PeerId::new("bob").unwrap(), &k).is_err()).unwrap());
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("returned within 10 s"));
+    }
+
+    /// A known_peers that cannot be read (here: not UTF-8) is an error for
+    /// `pin` (--accept-new-key): before, it was replaced by a file holding
+    /// the one new pin, every other pin lost.
+    #[test]
+    fn pinning_never_replaces_a_file_it_cannot_read() {
+        let d = tempfile::tempdir().unwrap();
+        let kp = KnownPeers::open(d.path());
+        let body = b"carol 00\n\xff\xfe\n".to_vec();
+        std::fs::write(kp.path(), &body).unwrap();
+        let k = Identity::from_seed(b"k1 seed for tests only.........").public().clone();
+        assert!(kp.pin(&PeerId::new("bob").unwrap(), &k).is_err());
+        assert!(kp.forget(&PeerId::new("carol").unwrap()).is_err());
+        assert_eq!(std::fs::read(kp.path()).unwrap(), body, "known_peers is untouched");
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl Drop for StateLock {
 /// on unguarded; `Err(path)` when another process holds it.
 pub fn lock(tool: &str, parts: &[&str]) -> Result<Option<StateLock>, PathBuf> {
     let Some(path) = state_file(tool, parts).map(|p| p.with_extension("lock")) else { return Ok(None) };
+    lock_at(&path)
+}
+
+/// [`lock`] on the file `path`.
+fn lock_at(path: &Path) -> Result<Option<StateLock>, PathBuf> {
+    let path = path.to_path_buf();
     if let Some(d) = path.parent() {
         let _ = std::fs::create_dir_all(d);
     }
@@ -54,13 +60,25 @@ pub fn lock(tool: &str, parts: &[&str]) -> Result<Option<StateLock>, PathBuf> {
     // that file meanwhile locks a name that is gone, so it checks and
     // tries again with the file now under the name.
     for _ in 0..8 {
-        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+        // Non-blocking: a FIFO planted under the name would block the open.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!("cannot open the lock {}: {e}; going on without it", path.display());
                 return Ok(None);
             }
         };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            tracing::warn!("the lock {} is not a regular file; going on without it", path.display());
+            return Ok(None);
+        }
         // fs4: std's File::try_lock is newer than the MSRV (1.89 against 1.85).
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => {}
@@ -93,7 +111,7 @@ pub enum StateError {
 
 /// Loads a state file; `Ok(None)` when there is none.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::localfile::read_to_string(path, crate::localfile::MAX_STATE) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StateError::Io { path: path.display().to_string(), msg: e.to_string() }),
@@ -151,6 +169,31 @@ pub fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO under the lock's name: no lock, at once (the open blocked
+    /// for ever, waiting for a reader).
+    #[test]
+    fn a_fifo_as_the_lock_does_not_block() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("x.lock");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || tx.send(lock_at(&p).map(|l| l.is_some())).unwrap());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("lock returned within 10 s");
+        assert_eq!(got, Ok(false));
+    }
+
+    /// A FIFO or a device under a state file's name is an error at once,
+    /// not a read that blocks (a FIFO) or never ends (`/dev/zero`).
+    #[test]
+    fn a_special_file_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("s.json");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(matches!(load::<Vec<u32>>(&fifo), Err(StateError::Io { .. })));
+        assert!(matches!(load::<Vec<u32>>(Path::new("/dev/zero")), Err(StateError::Io { .. })));
+    }
 
     #[test]
     fn round_trip_and_damage() {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::future::Future;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -266,9 +266,7 @@ pub async fn send_file(
                     SendOut::Persist => {
                         if let Some(p) = &opts.state_file {
                             let s = SendStateFile { file_id: fid.clone(), machine: m.snapshot() };
-                            if let Err(e) = state::save(p, &s) {
-                                tracing::warn!("{e}");
-                            }
+                            save_state(p, &s);
                         }
                     }
                     SendOut::Accepted => tracing::info!("{peer} accepted the offer"),
@@ -502,6 +500,21 @@ fn read_span(file: &File, offset: u64, len: u64, mut buf: Vec<u8>) -> std::io::R
     Ok(buf)
 }
 
+/// Saves a transfer's state. A failure (a state directory that is a file,
+/// read-only, full) is a warning once per process, not once per chunk: a
+/// transfer saves its state hundreds of times.
+fn save_state<T: Serialize>(path: &Path, value: &T) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = state::save(path, value) {
+        if WARNED.swap(true, Ordering::Relaxed) {
+            tracing::debug!("{e}");
+        } else {
+            tracing::warn!("{e}; if stopped, this transfer cannot resume (warned once)");
+        }
+    }
+}
+
 /// The temporary file of a transfer in the target directory.
 pub fn temp_path(dir: &Path, offer: &Offer) -> PathBuf {
     dir.join(crate::proto::dftp_msg::partial_file_name(&offer.transfer))
@@ -696,13 +709,18 @@ impl Target {
                     return Err(format!("not enough free space: {} needs {need} bytes, {avail} available", offer.name));
                 }
             }
-            // Never through a symlink planted under the temporary name: it
-            // would truncate and write a file outside DIR.
+            // A new file of our own, never whatever is under the name: a
+            // symlink or a hard link planted there would have us truncate
+            // and write a file outside DIR (the name is ours: `.dftp-`).
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => tracing::debug!("removed {} left from before", tmp.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", tmp.display())),
+            }
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)
                 .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
@@ -711,9 +729,21 @@ impl Target {
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&tmp)
                 .map_err(|e| format!("the partial file {} is gone ({e}); start both sides again", tmp.display()))?;
+            // Only a plain file with no other name than the finished file's
+            // (a run stopped between linking it into place and removing
+            // the partial name): a hard link to a file elsewhere would be
+            // written, and a FIFO would hang.
+            let meta = f.metadata().map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let dest = self.dir.join(&offer.name);
+            if !meta.is_file() || (meta.nlink() > 1 && !(meta.nlink() == 2 && same_file(&tmp, &dest))) {
+                return Err(format!(
+                    "the partial file {} is not a plain file of its own; start both sides again",
+                    tmp.display()
+                ));
+            }
             self.file = Some(f);
         }
         let clone = self.file.as_ref().map(File::try_clone).transpose();
@@ -731,8 +761,18 @@ impl Target {
         }
         f.set_len(offer.size).map_err(|e| e.to_string())?;
         f.sync_all().map_err(|e| format!("fsync: {e}"))?;
-        drop(f);
         let tmp = temp_path(&self.dir, &offer);
+        // The bytes verified are those written into `f`: link into place
+        // only that very file, not one put under its name (or a DIR
+        // swapped for another) meanwhile.
+        let ours = match (f.metadata(), std::fs::symlink_metadata(&tmp)) {
+            (Ok(a), Ok(b)) => b.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        drop(f);
+        if !ours {
+            return Err(format!("the partial file {} was replaced during the transfer; not stored", tmp.display()));
+        }
         let dest = self.dir.join(&offer.name);
         if dest == tmp {
             // (`check_file_name` refuses such a name; never report as
@@ -857,9 +897,7 @@ pub async fn receive_file(
                     RecvOut::Op(op) => ops.push(op),
                     RecvOut::Persist => {
                         if let Some(p) = &opts.state_file {
-                            if let Err(e) = state::save(p, &m.snapshot()) {
-                                tracing::warn!("{e}");
-                            }
+                            save_state(p, &m.snapshot());
                         }
                     }
                     RecvOut::Prepare { offer, resume } => {
@@ -992,8 +1030,8 @@ pub async fn receive_file(
                     RecvOut::Op(op) => ops.push(op),
                     // Kept for a later run (not given up): saved as it goes.
                     RecvOut::Persist if !m.gave_up() => {
-                        if let Some(Err(e)) = opts.state_file.as_ref().map(|p| state::save(p, &m.snapshot())) {
-                            tracing::warn!("{e}");
+                        if let Some(p) = &opts.state_file {
+                            save_state(p, &m.snapshot());
                         }
                     }
                     _ => {}
@@ -1115,8 +1153,8 @@ async fn linger(
             match o {
                 RecvOut::Op(op) => ops.push(op),
                 RecvOut::Persist => {
-                    if let Some(Err(e)) = state_file.map(|p| state::save(p, &m.snapshot())) {
-                        tracing::warn!("{e}");
+                    if let Some(p) = state_file {
+                        save_state(p, &m.snapshot());
                     }
                 }
                 _ => {}
@@ -1185,6 +1223,50 @@ mod tests {
         t.prepare(&offer, true).unwrap();
         assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
+
+    /// A name planted under the partial file's (a hard link or a symlink
+    /// to a file outside DIR) is never written through: a new transfer
+    /// makes a file of its own; a resumed one refuses it.
+    #[test]
+    fn a_planted_partial_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+        let victim = outside.path().join("precious");
+        let offer = Offer { transfer: "00000000000000aa".into(), name: "f.bin".into(), size: 5, block_size: 4096 };
+        let tmp = temp_path(dir.path(), &offer);
+        for plant in
+            [|v: &Path, t: &Path| std::fs::hard_link(v, t), |v: &Path, t: &Path| std::os::unix::fs::symlink(v, t)]
+        {
+            std::fs::write(&victim, b"precious").unwrap();
+            plant(&victim, &tmp).unwrap();
+            let mut t = target(dir.path());
+            assert!(t.prepare(&offer, true).unwrap_err().contains("partial file"));
+            t.prepare(&offer, false).unwrap();
+            t.file.as_ref().unwrap().write_all_at(b"hello", 0).unwrap();
+            assert_eq!(t.finalize().unwrap(), dir.path().join("f.bin"));
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the file outside DIR is untouched");
+            assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), b"hello");
+            std::fs::remove_file(dir.path().join("f.bin")).unwrap();
+        }
+    }
+
+    /// A partial file replaced during the transfer (or DIR swapped for
+    /// another directory) is not linked into place: its bytes are not the
+    /// ones verified.
+    #[test]
+    fn a_partial_file_replaced_meanwhile_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let offer = Offer { transfer: "00000000000000aa".into(), name: "f.bin".into(), size: 5, block_size: 4096 };
+        let tmp = temp_path(dir.path(), &offer);
+        let mut t = target(dir.path());
+        t.prepare(&offer, false).unwrap();
+        t.file.as_ref().unwrap().write_all_at(b"hello", 0).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"evil!").unwrap();
+        std::fs::rename(&other, &tmp).unwrap();
+        assert!(t.finalize().unwrap_err().contains("replaced during the transfer"));
+        assert!(!dir.path().join("f.bin").exists(), "nothing stored under the name");
     }
 
     /// A timeout is shown as given, whole seconds without a fraction (as

@@ -103,60 +103,86 @@ impl FolderStore {
         Ok(true)
     }
 
-    /// Creates the parent directories of `key`, refusing to go through a
-    /// symlink or a non-directory planted in the store. Checked at every
-    /// put, since a directory may be swapped for a symlink at any time.
-    fn ensure_parent(&self, key: &Key) -> Result<PathBuf, StoreError> {
-        let path = self.path(key);
-        let mut dir = self.root.clone();
+    /// Creates the parent directories of `key` and opens the last one,
+    /// refusing to go through a symlink or a non-directory planted in the
+    /// store. One component at a time, each created and opened relative to
+    /// the one above (`mkdirat`, `openat` with `O_NOFOLLOW`): a directory
+    /// swapped for a symlink at any moment cannot lead outside the store,
+    /// neither for the write nor for the directories made on the way.
+    fn ensure_parent(&self, key: &Key) -> Result<rustix::fd::OwnedFd, StoreError> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir = self.open_dir(&[]).map_err(|e| self.err("mkdir", key, e))?;
+        let mut path = self.root.clone();
         let comps: Vec<&str> = key.components().collect();
         for c in &comps[..comps.len() - 1] {
-            dir.push(c);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(StoreError::NotADirectory { store: self.describe(), key: dir.display().to_string() });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        let m = fs::symlink_metadata(&dir).map_err(|e| self.err("mkdir", key, e))?;
-                        if !m.is_dir() {
-                            return Err(StoreError::NotADirectory {
-                                store: self.describe(),
-                                key: dir.display().to_string(),
-                            });
-                        }
-                    }
-                    Err(e) => return Err(self.err("mkdir", key, e)),
-                },
-                Err(e) => return Err(self.err("mkdir", key, e)),
+            path.push(c);
+            match rustix::fs::mkdirat(&dir, *c, Mode::from_raw_mode(0o777)) {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::EXIST => {}
+                Err(e) => return Err(self.err("mkdir", key, e.into())),
             }
+            dir = match rustix::fs::openat(&dir, *c, flags, Mode::empty()) {
+                Ok(d) => d,
+                Err(e) if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR => {
+                    return Err(StoreError::NotADirectory { store: self.describe(), key: path.display().to_string() });
+                }
+                Err(e) => return Err(self.err("mkdir", key, e.into())),
+            };
         }
-        Ok(path)
+        Ok(dir)
     }
 
     fn put_sync(&self, key: &Key, data: &[u8]) -> Result<(), StoreError> {
-        let path = self.ensure_parent(key)?;
-        let dir = path.parent().expect("parent");
-        let tmp = dir.join(format!(".~dmp-{:016x}.tmp", fastrand::u64(..)));
+        // Everything below through a descriptor of the directory, opened
+        // without following a symbolic link: a directory swapped for a
+        // link after it was opened cannot send the write elsewhere.
+        let dir = self.ensure_parent(key)?;
+        let tmp = format!(".~dmp-{:016x}.tmp", fastrand::u64(..));
         let res = (|| -> io::Result<()> {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+            use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mut f = fs::File::from(rustix::fs::openat(&dir, tmp.as_str(), flags, Mode::from_raw_mode(0o644))?);
             f.write_all(data)?;
             drop(f);
             // A directory planted at the final name would swallow the rename.
-            if let Ok(m) = fs::symlink_metadata(&path) {
-                if m.is_dir() {
+            if let Ok(st) = rustix::fs::statat(&dir, key.name(), AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     return Err(io::Error::other("a directory is in the way"));
                 }
             }
-            fs::rename(&tmp, &path)
+            Ok(rustix::fs::renameat(&dir, tmp.as_str(), &dir, key.name())?)
         })();
         if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), rustix::fs::AtFlags::empty());
             return Err(self.err("put", key, e));
         }
         Ok(())
+    }
+
+    /// Opens the directory `<root>/<comps>` (the root when empty), never
+    /// through a symbolic link: `ELOOP` or `ENOTDIR` when a component is
+    /// one, or is no directory.
+    fn open_dir(&self, comps: &[&str]) -> io::Result<rustix::fd::OwnedFd> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut path = self.root.clone();
+        for c in comps {
+            path.push(c);
+        }
+        if let Some(r) = openat2_no_symlinks(&path, flags) {
+            return r;
+        }
+        // Where openat2 is missing: each directory above checked, the last
+        // one refused by O_NOFOLLOW.
+        let mut d = self.root.clone();
+        for c in comps.iter().take(comps.len().saturating_sub(1)) {
+            d.push(c);
+            if !fs::symlink_metadata(&d)?.is_dir() {
+                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+            }
+        }
+        Ok(rustix::fs::open(&path, flags, Mode::empty())?)
     }
 
     /// Opens `key` for reading in one system call that refuses a symbolic
@@ -167,24 +193,8 @@ impl FolderStore {
     /// every message read).
     #[cfg(target_os = "linux")]
     fn open_fast(&self, key: &Key) -> Option<io::Result<fs::File>> {
-        use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
-        use std::sync::atomic::{AtomicBool, Ordering};
-        static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
-        if UNAVAILABLE.load(Ordering::Relaxed) {
-            return None;
-        }
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(CWD, self.path(key), flags, Mode::empty(), resolve) {
-            Ok(fd) => Some(Ok(fs::File::from(fd))),
-            Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {
-                // An old kernel, or a sandbox that forbids the call.
-                UNAVAILABLE.store(true, Ordering::Relaxed);
-                None
-            }
-            Err(e) if e == rustix::io::Errno::AGAIN => None,
-            Err(e) => Some(Err(e.into())),
-        }
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
+        openat2_no_symlinks(&self.path(key), flags).map(|r| r.map(fs::File::from))
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -245,13 +255,22 @@ impl FolderStore {
     }
 
     fn delete_sync(&self, key: &Key) -> Result<(), StoreError> {
-        if !self.parents_are_dirs(key)? {
-            return Ok(());
-        }
-        match fs::remove_file(self.path(key)) {
+        // Through a descriptor of the directory, as in `put_sync`: a
+        // directory swapped for a symbolic link meanwhile cannot make this
+        // delete a file outside the store.
+        let comps: Vec<&str> = key.components().collect();
+        let dir = match self.open_dir(&comps[..comps.len() - 1]) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                return Err(StoreError::NotAFile { store: self.describe(), key: key.to_string() });
+            }
+            Err(e) => return Err(self.err("delete", key, e)),
+        };
+        match rustix::fs::unlinkat(&dir, key.name(), rustix::fs::AtFlags::empty()) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.err("delete", key, e)),
+            Err(e) if e == rustix::io::Errno::NOENT => Ok(()),
+            Err(e) => Err(self.err("delete", key, e.into())),
         }
     }
 
@@ -282,6 +301,36 @@ impl FolderStore {
         }
         Ok(out)
     }
+}
+
+/// Opens `path` (absolute, below the canonical root) in one system call
+/// that refuses a symbolic link in any component (Linux 5.6+ `openat2`,
+/// `RESOLVE_NO_SYMLINKS`). `None`: not available here, or the look-up
+/// raced with a rename; the caller then checks each component itself.
+#[cfg(target_os = "linux")]
+fn openat2_no_symlinks(path: &Path, flags: rustix::fs::OFlags) -> Option<io::Result<rustix::fd::OwnedFd>> {
+    use rustix::fs::{CWD, Mode, ResolveFlags};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(CWD, path, flags, Mode::empty(), resolve) {
+        Ok(fd) => Some(Ok(fd)),
+        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {
+            // An old kernel, or a sandbox that forbids the call.
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(e) if e == rustix::io::Errno::AGAIN => None,
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn openat2_no_symlinks(_path: &Path, _flags: rustix::fs::OFlags) -> Option<io::Result<rustix::fd::OwnedFd>> {
+    None
 }
 
 /// Keeps the watcher and the rescan thread alive as long as the `Changes`.
@@ -490,13 +539,15 @@ impl Store for FolderStore {
     }
 
     async fn sweep(&self, prefix: &Key) -> Result<(), StoreError> {
-        let dir = self.path(prefix);
-        let Ok(rd) = fs::read_dir(&dir) else { return Ok(()) };
+        // Never through a symbolic link (an outbox swapped for a link to a
+        // directory elsewhere): only the store's own temporary files go.
+        let comps: Vec<&str> = prefix.components().collect();
+        let Ok(dir) = self.open_dir(&comps) else { return Ok(()) };
+        let Ok(rd) = rustix::fs::Dir::read_from(&dir) else { return Ok(()) };
         for ent in rd.flatten() {
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
+            let name = ent.file_name().to_string_lossy();
             if name.starts_with(".~dmp-") && name.ends_with(".tmp") {
-                let _ = fs::remove_file(ent.path());
+                let _ = rustix::fs::unlinkat(&dir, ent.file_name(), rustix::fs::AtFlags::empty());
             }
         }
         Ok(())
@@ -507,6 +558,111 @@ impl Store for FolderStore {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// An outbox swapped for a symbolic link to a directory outside the
+    /// store: the clean-up of interrupted writes (`sweep`) removes nothing
+    /// there.
+    #[tokio::test]
+    async fn sweep_never_goes_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let theirs = outside.path().join(".~dmp-0123456789abcdef.tmp");
+        std::fs::write(&theirs, b"another store's write in progress").unwrap();
+        let store = FolderStore::open(dir.path(), FolderOptions { watch: false, rescan: None }).unwrap();
+        std::fs::create_dir_all(store.root().join("bob")).unwrap();
+        symlink(outside.path(), store.root().join("bob/alice")).unwrap();
+        store.sweep(&Key::new(["bob", "alice"]).unwrap()).await.unwrap();
+        assert!(theirs.exists(), "a file outside the store was removed");
+        // Its own temporary files, in a real directory, do go.
+        std::fs::create_dir_all(store.root().join("bob/carol")).unwrap();
+        let mine = store.root().join("bob/carol/.~dmp-0000000000000001.tmp");
+        std::fs::write(&mine, b"x").unwrap();
+        store.sweep(&Key::new(["bob", "carol"]).unwrap()).await.unwrap();
+        assert!(!mine.exists());
+    }
+
+    /// An outbox swapped back and forth between a directory and a symbolic
+    /// link to a directory outside the store while the store deletes and
+    /// writes there: nothing outside is ever removed or written (before,
+    /// the check of the path and its use were two steps, and the swap
+    /// could fall between them).
+    #[test]
+    fn a_directory_swapped_for_a_symlink_never_leads_outside() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = FolderStore::open(dir.path(), FolderOptions { watch: false, rescan: None }).unwrap();
+        let r = store.root().to_path_buf();
+        std::fs::create_dir_all(r.join("bob/alice")).unwrap();
+        let victim = outside.path().join("0000000000000001-0000000000000001.msg");
+        let key = Key::new(["bob", "alice", "0000000000000001-0000000000000001.msg"]).unwrap();
+        let stop = AtomicBool::new(false);
+        let escaped = std::thread::scope(|s| {
+            s.spawn(|| {
+                // Swap: the outbox is now a real directory, now a link
+                // (one atomic exchange of the two names each time).
+                let (outbox, other) = (r.join("bob/alice"), r.join("bob/other"));
+                symlink(outside.path(), &other).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let flags = rustix::fs::RenameFlags::EXCHANGE;
+                    rustix::fs::renameat_with(rustix::fs::CWD, &outbox, rustix::fs::CWD, &other, flags).unwrap();
+                }
+            });
+            let mut escaped = 0;
+            for _ in 0..5_000 {
+                std::fs::write(&victim, b"a user's file").unwrap();
+                let _ = store.delete_sync(&key);
+                if !victim.exists() {
+                    escaped += 1;
+                }
+                let _ = store.put_sync(&key, b"message");
+                if std::fs::read(&victim).unwrap_or_default() != b"a user's file" {
+                    escaped += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            escaped
+        });
+        assert_eq!(escaped, 0, "{escaped} deletes or writes went through the symlink");
+    }
+
+    /// A party's directory swapped back and forth with a symbolic link to
+    /// a directory outside the store while the store writes below it: no
+    /// directory is ever made outside (before, the check of each directory
+    /// and the `mkdir` below it were two steps).
+    #[test]
+    fn directories_are_never_made_through_a_swapped_symlink() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = FolderStore::open(dir.path(), FolderOptions { watch: false, rescan: None }).unwrap();
+        let r = store.root().to_path_buf();
+        std::fs::create_dir_all(r.join("bob")).unwrap();
+        let key = Key::new(["bob", "alice", "0000000000000001-0000000000000001.msg"]).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (party, other) = (r.join("bob"), r.join("other"));
+                symlink(outside.path(), &other).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let flags = rustix::fs::RenameFlags::EXCHANGE;
+                    rustix::fs::renameat_with(rustix::fs::CWD, &party, rustix::fs::CWD, &other, flags).unwrap();
+                }
+            });
+            let mut made = 0;
+            // (The window was narrow: 8 to 40 in 100,000 went outside here.)
+            for _ in 0..100_000 {
+                let _ = store.put_sync(&key, b"message");
+                if std::fs::remove_dir_all(outside.path().join("alice")).is_ok() {
+                    made += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(made, 0, "{made} times a directory was made outside the store");
+        });
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(made.is_empty(), "made outside the store: {made:?}");
+    }
 
     /// The one-call open (openat2) and the component-by-component checks
     /// it replaces agree on every layout a hostile or odd store can have.

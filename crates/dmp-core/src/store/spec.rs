@@ -276,7 +276,7 @@ pub fn default_store_path() -> Option<PathBuf> {
 /// Reads the Dropbox client's `info.json` (`{"personal": {"path": ...}}`,
 /// or `business`), returning the folder if it exists.
 fn dropbox_folder(info: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(info).ok()?;
+    let text = crate::localfile::read_to_string(info, crate::localfile::MAX_CONFIG).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     for account in ["personal", "business"] {
         if let Some(p) = v.get(account).and_then(|a| a.get("path")).and_then(|p| p.as_str()) {
