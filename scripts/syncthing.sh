@@ -109,7 +109,7 @@ write_config() {
         <device id="${id[$other]}" introducedBy=""></device>
         <minDiskFree unit="%">0</minDiskFree>
         <versioning></versioning>
-        <order>oldestFirst</order>
+        <order>random</order>
         <markerName>.stfolder</markerName>
     </folder>
     <device id="${id[$me]}" name="$me" compression="metadata" introducer="false" skipIntroductionRemovals="false" introducedBy="">

@@ -180,8 +180,8 @@ fn leftovers(store: &Path) -> Vec<String> {
         .filter_map(|p| p.strip_prefix(store).ok().map(|r| r.display().to_string()))
         .filter(|rel| {
             let name = rel.rsplit('/').next().unwrap_or(rel);
-            let syncthing_temp = (name.starts_with(".syncthing.") || name.starts_with("~syncthing~"))
-                && name.ends_with(".tmp");
+            let syncthing_temp =
+                (name.starts_with(".syncthing.") || name.starts_with("~syncthing~")) && name.ends_with(".tmp");
             let key = rel.split('/').count() == 2 && name == "key";
             !(rel.starts_with(".stfolder") || syncthing_temp || key)
         })
@@ -242,7 +242,8 @@ fn syncthing_ping_three_of_three() {
     server.signal("TERM");
     let s = finish(server, t);
     s.expect_ok();
-    let report: serde_json::Value = serde_json::from_str(s.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", s.describe()));
+    let report: serde_json::Value =
+        serde_json::from_str(s.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", s.describe()));
     assert_eq!(report["answered"], 3, "{}", s.describe());
     eprintln!("{test}: {:.1} s in all", t.elapsed().as_secs_f64());
 }
@@ -269,7 +270,8 @@ fn syncthing_dftp_3_mib_in_256_kib_chunks() {
     let got = dl.join("three.bin");
     assert_eq!(sha256_file(&got), want, "the received file differs");
     for f in [&send, &recv] {
-        let j: serde_json::Value = serde_json::from_str(f.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", f.describe()));
+        let j: serde_json::Value =
+            serde_json::from_str(f.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", f.describe()));
         assert_eq!(j["sha256"], want.as_str(), "{}", f.describe());
     }
     assert_eq!(dmp_testkit::entries(&dl), vec!["three.bin".to_owned()], "no partial file is left");
