@@ -5,7 +5,10 @@
 //! removal crosses Syncthing. Ping (three of three replies) and a 3 MiB +
 //! 5 bytes transfer in 256 KiB chunks (the window cycles), checked by
 //! SHA-256; afterwards neither copy of the folder holds a file of the
-//! transfer once Syncthing has settled.
+//! transfer once Syncthing has settled. And a transfer whose receiver, then
+//! sender, is killed (SIGKILL) and started again: each resumes from what
+//! its own copy of the folder and its state say, while Syncthing still
+//! carries the files of the killed run.
 //!
 //! Each test starts its own pair and stops it when it ends, also on a
 //! panic. Without `syncthing` the tests are skipped with a message, unless
@@ -13,7 +16,7 @@
 //! generous: Syncthing takes about a second per hop here, more under load.
 
 use dmp_testkit::server::have;
-use dmp_testkit::{Finished, Proc, Sandbox, files_under, random_file, sha256_file};
+use dmp_testkit::{Finished, Proc, Sandbox, file_len, files_under, find_file, random_file, sha256_file, wait_until};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,7 +42,7 @@ fn script() -> PathBuf {
 }
 
 impl Pair {
-    fn start() -> Pair {
+    fn start(test: &str) -> Pair {
         let dir = tempfile::Builder::new().prefix("dmp-e2e-syncthing-").tempdir().unwrap();
         // The guard exists before the script runs: a start that fails half-way is stopped too.
         let mut pair = Pair { dir: Some(dir), vars: HashMap::new() };
@@ -58,7 +61,7 @@ impl Pair {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        eprintln!("syncthing pair up in {:.1} s ({})", t.elapsed().as_secs_f64(), stderr.trim());
+        eprintln!("{test}: Syncthing pair up in {:.1} s ({})", t.elapsed().as_secs_f64(), stderr.trim());
         pair
     }
 
@@ -134,7 +137,7 @@ impl Drop for Pair {
 
 /// Starts a pair, or says why the test is skipped.
 fn pair(test: &str) -> Option<Pair> {
-    have(test, &["syncthing", "curl", "python3"]).then(Pair::start)
+    have(test, &["syncthing", "curl", "python3"]).then(|| Pair::start(test))
 }
 
 // ---- the parties ------------------------------------------------------------------
@@ -164,10 +167,10 @@ impl Party {
     }
 }
 
-/// Waits for `p` (at most [`PATIENCE`]) and prints how long it ran.
-fn finish(p: Proc, started: Instant) -> Finished {
+/// Waits for `p` (at most [`PATIENCE`]) and prints when it exited.
+fn finish(test: &str, p: Proc, started: Instant) -> Finished {
     let f = p.wait_for(PATIENCE);
-    eprintln!("  {} exited {:?} after {:.1} s", f.label, f.code, started.elapsed().as_secs_f64());
+    eprintln!("{test}: {} exited {:?} at {:.1} s", f.label, f.code, started.elapsed().as_secs_f64());
     f
 }
 
@@ -192,7 +195,7 @@ fn leftovers(store: &Path) -> Vec<String> {
 /// Syncthing's own files, and Syncthing has nothing left to carry; then
 /// checks that it stays so past the watcher's delay for removals (6 s) and
 /// one rescan (5 s), so that no file comes back.
-fn settle(pair: &Pair) {
+fn settle(test: &str, pair: &Pair) {
     let t = Instant::now();
     let (a, b) = (pair.store("A"), pair.store("B"));
     loop {
@@ -213,7 +216,25 @@ fn settle(pair: &Pair) {
     let (la, lb) = (leftovers(&a), leftovers(&b));
     assert!(la.is_empty() && lb.is_empty(), "files came back\n  in A: {la:?}\n  in B: {lb:?}\n{}", pair.logs());
     assert!(pair.in_sync(), "Syncthing is busy again after it had settled\n{}", pair.logs());
-    eprintln!("  both copies clean and in sync {clean_after:.1} s after the tools exited");
+    eprintln!("{test}: both copies clean and in sync {clean_after:.1} s after the tools exited");
+}
+
+/// Panics when a party kept the state file of a transfer (each removes it
+/// once the transfer is over).
+fn no_transfer_state(parties: &[&Party]) {
+    for p in parties {
+        let state = dmp_testkit::entries(&p.state);
+        assert!(
+            !state.iter().any(|n| n.starts_with("send-") || n.starts_with("receive-")),
+            "{} kept transfer state: {state:?}",
+            p.id
+        );
+    }
+}
+
+/// The one JSON object a tool printed with `--json`.
+fn json(f: &Finished) -> serde_json::Value {
+    serde_json::from_str(f.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", f.describe()))
 }
 
 fn replies(out: &str, server: &str) -> usize {
@@ -232,19 +253,17 @@ fn syncthing_ping_three_of_three() {
     let alice = Party::new(&sb, "alice", pair.store("A"));
     let mut server = bob.spawn(&sb, "dmp-ping-server", &["bob", "--json"]);
     let client = alice.spawn(&sb, "dmp-ping-client", &["bob", "alice", "-c", "3", "-W", "30"]);
-    let c = finish(client, t);
+    let c = finish(test, client, t);
     c.expect_ok();
     assert_eq!(replies(&c.stdout, "bob"), 3, "{}", c.describe());
     assert!(c.stdout.contains("3 sent, 3 received, 0% loss"), "{}", c.describe());
     for l in c.stdout.lines().filter(|l| l.starts_with("reply from") || l.starts_with("rtt")) {
-        eprintln!("  {l}");
+        eprintln!("{test}: {l}");
     }
     server.signal("TERM");
-    let s = finish(server, t);
+    let s = finish(test, server, t);
     s.expect_ok();
-    let report: serde_json::Value =
-        serde_json::from_str(s.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", s.describe()));
-    assert_eq!(report["answered"], 3, "{}", s.describe());
+    assert_eq!(json(&s)["answered"], 3, "{}", s.describe());
     eprintln!("{test}: {:.1} s in all", t.elapsed().as_secs_f64());
 }
 
@@ -263,26 +282,71 @@ fn syncthing_dftp_3_mib_in_256_kib_chunks() {
     let dl = sb.mkdir("dl");
     let recv = bob.spawn(&sb, "dftp-receive", &["alice", "bob", dl.to_str().unwrap(), "--json"]);
     let send = alice.spawn(&sb, "dftp-send", &["bob", "alice", src.to_str().unwrap(), "-b", "256k", "--json"]);
-    let send = finish(send, t);
-    let recv = finish(recv, t);
+    let send = finish(test, send, t);
+    let recv = finish(test, recv, t);
     send.expect_ok();
     recv.expect_ok();
     let got = dl.join("three.bin");
     assert_eq!(sha256_file(&got), want, "the received file differs");
     for f in [&send, &recv] {
-        let j: serde_json::Value =
-            serde_json::from_str(f.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", f.describe()));
-        assert_eq!(j["sha256"], want.as_str(), "{}", f.describe());
+        assert_eq!(json(f)["sha256"], want.as_str(), "{}", f.describe());
     }
     assert_eq!(dmp_testkit::entries(&dl), vec!["three.bin".to_owned()], "no partial file is left");
-    settle(&pair);
-    for p in [&alice, &bob] {
-        let state = dmp_testkit::entries(&p.state);
-        assert!(
-            !state.iter().any(|n| n.starts_with("send-") || n.starts_with("receive-")),
-            "{} kept transfer state: {state:?}",
-            p.id
-        );
-    }
+    settle(test, &pair);
+    no_transfer_state(&[&alice, &bob]);
+    eprintln!("{test}: {size} bytes, {:.1} s in all", t.elapsed().as_secs_f64());
+}
+
+/// The bytes in the receiver's partial file in `dl` (0 when there is none).
+fn part_len(dl: &Path) -> u64 {
+    find_file(dl, |n| n.starts_with(".dftp-") && n.ends_with(".part")).and_then(|p| file_len(&p)).unwrap_or(0)
+}
+
+#[test]
+fn syncthing_dftp_resumes_after_sigkill_of_each_side() {
+    let test = "syncthing_dftp_resumes_after_sigkill_of_each_side";
+    let Some(pair) = pair(test) else { return };
+    let t = Instant::now();
+    let sb = Sandbox::new();
+    let alice = Party::new(&sb, "alice", pair.store("A"));
+    let bob = Party::new(&sb, "bob", pair.store("B"));
+    let src = sb.mkdir("src").join("resume.bin");
+    let size = 4 * (1 << 20) + 3;
+    random_file(&src, size, dmp_testkit::seed(test));
+    let want = sha256_file(&src);
+    let dl = sb.mkdir("dl");
+    let recv_args = ["alice", "bob", dl.to_str().unwrap(), "--json"];
+    // Two chunks in flight: the transfer takes long enough to be cut twice.
+    let send_args = ["bob", "alice", src.to_str().unwrap(), "-b", "256k", "--window", "2", "--json"];
+    let recv = bob.spawn(&sb, "dftp-receive", &recv_args);
+    let send = alice.spawn(&sb, "dftp-send", &send_args);
+
+    wait_until(PATIENCE, "the receiver to write 512 KiB", || part_len(&dl) >= 512 << 10);
+    let at = part_len(&dl);
+    let killed = recv.kill();
+    eprintln!("{test}: killed {} at {at} bytes, {:.1} s", killed.label, t.elapsed().as_secs_f64());
+    let recv = bob.spawn(&sb, "dftp-receive", &recv_args);
+
+    wait_until(PATIENCE, "the receiver to write 2 MiB", || part_len(&dl) >= 2 << 20);
+    let at = part_len(&dl);
+    let killed = send.kill();
+    eprintln!("{test}: killed {} at {at} bytes, {:.1} s", killed.label, t.elapsed().as_secs_f64());
+    assert!(at < size, "the transfer was cut before it ended");
+    let send = alice.spawn(&sb, "dftp-send", &send_args);
+
+    let send = finish(test, send, t);
+    let recv = finish(test, recv, t);
+    send.expect_ok();
+    recv.expect_ok();
+    assert_eq!(sha256_file(&dl.join("resume.bin")), want, "the received file differs");
+    let (sj, rj) = (json(&send), json(&recv));
+    assert_eq!(sj["sha256"], want.as_str(), "{}", send.describe());
+    assert_eq!(rj["sha256"], want.as_str(), "{}", recv.describe());
+    assert!(sj["resumed_bytes"].as_u64().is_some_and(|b| b > 0), "the sender resumed: {}", send.describe());
+    assert!(rj["resumed_bytes"].as_u64().is_some_and(|b| b > 0), "the receiver resumed: {}", recv.describe());
+    eprintln!("{test}: resumed: sender at {} bytes, receiver at {} bytes", sj["resumed_bytes"], rj["resumed_bytes"]);
+    assert_eq!(dmp_testkit::entries(&dl), vec!["resume.bin".to_owned()], "no partial file is left");
+    settle(test, &pair);
+    no_transfer_state(&[&alice, &bob]);
     eprintln!("{test}: {size} bytes, {:.1} s in all", t.elapsed().as_secs_f64());
 }
