@@ -21,9 +21,11 @@
 # crossed each way and the folder is idle on both sides; it is idempotent
 # (running instances are reused). `stop` kills exactly the processes whose
 # pids `start` recorded (Syncthing runs as a monitor process and the
-# instance it started; both are recorded). Environment: SYNCTHING_WAIT (seconds `start` may
-# wait, default 90). Needs `syncthing` (Debian package; scripts/install-test-deps.sh),
-# curl and python3.
+# instance it started; both are recorded). Environment: SYNCTHING_WAIT
+# (seconds `start` may wait, default 90), SYNCTHING_WATCH_DELAY (the
+# folder's fsWatcherDelayS, default 1; Syncthing's own default is 10) and
+# SYNCTHING_RESCAN (rescanIntervalS, default 5). Needs `syncthing`
+# (Debian package; scripts/install-test-deps.sh), curl and python3.
 set -euo pipefail
 . "$(dirname "$0")/server-lib.sh"
 
@@ -73,6 +75,8 @@ stop_all
 command -v syncthing >/dev/null || die "syncthing is not installed (run scripts/install-test-deps.sh)"
 command -v curl >/dev/null || die "curl is not installed (run scripts/install-test-deps.sh)"
 wait_s=${SYNCTHING_WAIT:-90}
+watch_delay_s=${SYNCTHING_WATCH_DELAY:-1}
+rescan_s=${SYNCTHING_RESCAN:-5}
 
 # Never the user's Syncthing: no default folder, no restarts (the monitor
 # exits with its instance), no upgrades.
@@ -103,7 +107,7 @@ write_config() {
     local me=$1 my_sync=$2 my_gui=$3 other=$4 other_sync=$5
     cat >"$dir/$me/home/config.xml" <<XML
 <configuration version="36">
-    <folder id="$folder_id" label="dmp" path="$dir/$me/store" type="sendreceive" rescanIntervalS="5" fsWatcherEnabled="true" fsWatcherDelayS="1" ignorePerms="false" autoNormalize="true">
+    <folder id="$folder_id" label="dmp" path="$dir/$me/store" type="sendreceive" rescanIntervalS="$rescan_s" fsWatcherEnabled="true" fsWatcherDelayS="$watch_delay_s" ignorePerms="false" autoNormalize="true">
         <filesystemType>basic</filesystemType>
         <device id="${id[$me]}" introducedBy=""></device>
         <device id="${id[$other]}" introducedBy=""></device>
