@@ -1084,10 +1084,12 @@ fn a_store_outage_is_warned_once() {
 
 /// The sender is stopped (SIGSTOP) before it reads the receiver's
 /// `finished`: the receiver waits 10 s, warns, keeps its files and state,
-/// and exits 0 with the file in place. Run again while the sender is still
-/// stopped, it sends nothing again; once the sender goes on and
-/// acknowledges, it cleans up (its state last) and exits 0, as does the
-/// sender.
+/// and exits 0 with the file in place. Run again (for the next file) while
+/// the sender is still stopped, it sends nothing again; once the sender
+/// goes on and acknowledges, it cleans up (its state last), the sender
+/// exits 0, and the run goes on to receive the next file: that one, not
+/// the earlier one again, is what it reports. (Before, it reported the
+/// earlier file and exited, and the next file needed yet another run.)
 #[test]
 fn a_receiver_restarted_after_finished_sends_nothing_again() {
     for attempt in 1..=3 {
@@ -1121,12 +1123,27 @@ fn a_receiver_restarted_after_finished_sends_nothing_again() {
         assert_eq!(msgs(), before, "nothing sent again");
         send.signal("CONT");
         let t = Instant::now();
+        send.wait().expect_ok();
+        // (The new run saves a state of its own under the same name.)
+        let finished_state = || {
+            let states = files_under(&s.sb.state);
+            states.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"Finished\"")))
+        };
+        wait_until(Duration::from_secs(8), "the clean-up once acknowledged", || msgs().is_empty() && !finished_state());
+        assert!(t.elapsed() < Duration::from_secs(8), "cleaned up once acknowledged: {:?}", t.elapsed());
+        assert!(again.is_running(), "waits for the next file");
+        // The next file, from a new run of the sender.
+        let next = s.sb.mkdir("src2").join("next.bin");
+        random_file(&next, 300_001, dmp_testkit::seed("next"));
+        let send2 = spawn_send(&s.sb, &next, &[]);
         let r2 = again.wait();
         r2.expect_ok();
-        assert!(t.elapsed() < Duration::from_secs(8), "ends once acknowledged: {:?}\n{}", t.elapsed(), r2.describe());
+        send2.wait().expect_ok();
+        assert!(r2.stdout.contains("next.bin") && !r2.stdout.contains("data.bin"), "{}", r2.describe());
         assert!(!r2.stderr.contains("has neither acknowledged"), "{}", r2.describe());
-        send.wait().expect_ok();
-        s.assert_received();
+        assert_eq!(sha256_file(&s.dir.join("next.bin")), sha256_file(&next));
+        assert_eq!(sha256_file(&s.received()), s.sha, "the earlier file stays in place");
+        assert_eq!(entries(&s.dir), vec!["data.bin".to_owned(), "next.bin".to_owned()]);
         s.assert_clean();
         return;
     }

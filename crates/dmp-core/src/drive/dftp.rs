@@ -9,8 +9,8 @@ use super::{
 use crate::id::PeerId;
 use crate::keys::KeyNotice;
 use crate::proto::dftp::{
-    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, SendConfig, SendOut, SenderState, WARN_AFTER_FAILS,
-    finished_wait,
+    DftpReceiver, DftpSender, ReceiverState, RecvConfig, RecvOut, RecvPhase, SendConfig, SendOut, SenderState,
+    WARN_AFTER_FAILS, finished_wait,
 };
 use crate::proto::dftp_msg::{Offer, check_file_name, parse_chunk_object_name};
 use crate::state;
@@ -831,6 +831,12 @@ fn links(p: &Path) -> u64 {
 }
 
 /// Receives one file from `peer` into `opts.dir`.
+///
+/// A run whose state says that an earlier run received a file, reported
+/// it and left its files for a sender that had not acknowledged it yet
+/// ([`ReceiverState::reported`]), first finishes that clean-up (the sender
+/// acknowledges or is gone), then receives a new file: the user runs the
+/// tool again for the next file, not for the last one once more.
 pub async fn receive_file(
     store: &dyn Store,
     me: PeerId,
@@ -840,8 +846,6 @@ pub async fn receive_file(
     mut on_key: impl FnMut(KeyNotice),
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecvReport, TransferError> {
-    let clock = Clock::start();
-    let started = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
     match std::fs::metadata(&opts.dir) {
         Ok(m) if m.is_dir() => {}
@@ -855,6 +859,47 @@ pub async fn receive_file(
             Err(e) => tracing::warn!("{e}"),
         }
     }
+    let earlier =
+        restored.as_ref().filter(|s| s.phase == RecvPhase::Finished && s.reported).and_then(|s| s.offer.clone());
+    let Some(earlier) = earlier else {
+        let run = receive_run(store, me, peer, &opts, &mut progress, &mut on_key, &mut shutdown, restored, false);
+        return run.await.map(|(report, _)| report);
+    };
+    tracing::info!("first cleaning up after the earlier transfer of {} from {peer}", earlier.name);
+    let mut quiet = |_: Progress, _: Option<&Offer>| {};
+    let run =
+        receive_run(store, me.clone(), peer.clone(), &opts, &mut quiet, &mut on_key, &mut shutdown, restored, true);
+    if !run.await?.1 {
+        return Err(TransferError::Failed(format!(
+            "{peer} has not acknowledged the earlier transfer of {} yet, nor gone away; its files stay in the \
+             store for it (run dftp-receive again later)",
+            earlier.name
+        )));
+    }
+    tracing::info!("cleaned up after the earlier transfer of {}; waiting for a new file", earlier.name);
+    let run = receive_run(store, me, peer, &opts, &mut progress, &mut on_key, &mut shutdown, None, false);
+    run.await.map(|(report, _)| report)
+}
+
+/// One run of [`receive_file`] from `restored`: the report, and whether
+/// everything of the transfer is cleaned up (else the state is kept, with
+/// [`ReceiverState::reported`] when the file is in place). `cleanup_only`:
+/// restored from such a state, so no warning of its own when the clean-up
+/// is still not possible.
+#[allow(clippy::too_many_arguments)]
+async fn receive_run<S: Future<Output = ()> + Unpin>(
+    store: &dyn Store,
+    me: PeerId,
+    peer: PeerId,
+    opts: &RecvOptions,
+    progress: &mut dyn FnMut(Progress, Option<&Offer>),
+    mut on_key: &mut dyn FnMut(KeyNotice),
+    mut shutdown: &mut S,
+    restored: Option<ReceiverState>,
+    cleanup_only: bool,
+) -> Result<(RecvReport, bool), TransferError> {
+    let clock = Clock::start();
+    let started = Instant::now();
     let mut target =
         Target { dir: opts.dir.clone(), overwrite: opts.overwrite, file: None, offer: None, sink: None, writing: None };
     let mut cfg = opts.cfg.clone();
@@ -1083,6 +1128,7 @@ pub async fn receive_file(
             }
         }
     }
+    let mut cleaned = false;
     let over_for_good = matches!(outcome, Ok(_) | Err(TransferError::Refused(_)));
     if over_for_good {
         // Let the sender read our last message (finished or refused), then
@@ -1100,15 +1146,22 @@ pub async fn receive_file(
             if let Some(p) = &opts.state_file {
                 state::remove(p);
             }
+            cleaned = true;
         } else if outcome.is_ok() {
             // The file is verified and in place; the sender has not read
             // `finished` yet (a slow sync, or it is stopped): leave it there,
-            // and the state, for the next run to finish the clean-up.
-            tracing::warn!(
-                "{peer} has neither acknowledged that the file arrived nor gone away within {} s; \
-                 leaving my files in the store for it (run dftp-receive again later to clean up)",
-                wait.as_secs()
-            );
+            // and the state, for the next run to finish the clean-up before
+            // it receives a new file.
+            if let Some(p) = &opts.state_file {
+                save_state(p, &ReceiverState { reported: true, ..m.snapshot() });
+            }
+            if !cleanup_only {
+                tracing::warn!(
+                    "{peer} has neither acknowledged that the file arrived nor gone away within {} s; \
+                     leaving my files in the store for it (the next dftp-receive from {peer} cleans up first)",
+                    wait.as_secs()
+                );
+            }
         } else if let Some(p) = &opts.state_file {
             state::remove(p);
         }
@@ -1116,7 +1169,7 @@ pub async fn receive_file(
     let sha256 = outcome?;
     let offer = m.offer().cloned().expect("finished transfers have an offer");
     let seconds = started.elapsed().as_secs_f64();
-    Ok(RecvReport {
+    let report = RecvReport {
         file: offer.name.clone(),
         path: final_path.unwrap_or_else(|| opts.dir.join(&offer.name)).display().to_string(),
         bytes: offer.size,
@@ -1125,7 +1178,8 @@ pub async fn receive_file(
         sha256,
         resumed_bytes: m.resumed_bytes,
         written_bytes: m.written_bytes,
-    })
+    };
+    Ok((report, cleaned))
 }
 
 /// Keeps the link going until our messages are acknowledged or the peer

@@ -830,6 +830,12 @@ pub struct ReceiverState {
     /// The sequence number of my `finished` message, once sent.
     #[serde(default)]
     pub finished_seq: Option<u64>,
+    /// The run that finished this transfer reported it to its user and
+    /// exited without the sender's acknowledgement of `finished` (a slow
+    /// sync, a stopped sender), leaving its files for the sender. The next
+    /// run cleans up, then receives a new file (not this one again).
+    #[serde(default)]
+    pub reported: bool,
 }
 
 /// How often a finished receiver reads the sender's head while it waits
@@ -983,6 +989,7 @@ impl DftpReceiver {
             next_index: 0,
             file_sha256: None,
             finished_seq: None,
+            reported: false,
         });
         let link = Link::new(me, peer, cfg.link.clone(), resumed.then(|| st.link.clone()), fresh_session);
         let mut r = DftpReceiver {
@@ -1371,6 +1378,15 @@ impl DftpReceiver {
                         return;
                     }
                 };
+                if self.finished && self.st.offer.as_ref().is_none_or(|c| c.transfer != offer.transfer) {
+                    // One file per run: this run is over (finished, or it
+                    // refused or stopped), so the offer of a new run of the
+                    // sender waits for the receiver's next run. It stays
+                    // unacknowledged, since nothing is committed once over.
+                    tracing::debug!("another transfer offered; it waits for the next run");
+                    self.queue.push_back((seq, Item::Other));
+                    return;
+                }
                 if let Some(cur) = &self.st.offer {
                     if cur.transfer == offer.transfer {
                         // A resent offer: accept again (harmless), skip it.

@@ -425,3 +425,35 @@ fn the_finished_wait_is_bounded_both_ways() {
     assert_eq!(finished_wait(least, Some(Duration::from_secs(3600))), FINISHED_WAIT_MAX);
     assert_eq!(finished_wait(Duration::from_secs(400), Some(Duration::from_secs(3600))), Duration::from_secs(400));
 }
+
+/// One file per run: a finished receiver (waiting for the acknowledgement
+/// of `finished`) that sees an offer of another transfer, from a new run of
+/// the sender, leaves it alone and unacknowledged for its own next run,
+/// which takes it. Before, it abandoned its finished transfer for the new
+/// one (`Discard`, the offer dropped from its state) in a state its driver
+/// takes no offer in.
+#[test]
+fn a_finished_receiver_leaves_a_new_offer_for_its_next_run() {
+    let mut w = World::new(4 * BLOCK as usize, RecvConfig::default());
+    // The sender stops before it reads `finished`.
+    w.run_until("finished", |w| w.r.as_ref().unwrap().phase() == RecvPhase::Finished);
+    w.sender_stopped = true;
+    // A new run of the sender with another file; the earlier run is gone.
+    let offer = Offer { transfer: "00000000000000bb".into(), name: "g.bin".into(), size: 3 * BLOCK, block_size: BLOCK };
+    let scfg = SendConfig { block_size: BLOCK, window: 2, quota: u64::MAX, link: LinkConfig::default() };
+    w.s = Some(DftpSender::new(pid("alice"), pid("bob"), scfg, offer, None, 4, w.now));
+    w.sent.clear();
+    w.recvd.clear();
+    w.sender_stopped = false;
+    w.run_for(Duration::from_secs(5));
+    let r = w.r.as_ref().unwrap();
+    assert_eq!(r.phase(), RecvPhase::Finished);
+    assert_eq!(r.offer().map(|o| o.transfer.as_str()), Some("00000000000000aa"));
+    assert!(!w.recvd.iter().any(|o| matches!(o, RecvOut::Discard { .. })), "{:?}", w.recvd);
+    assert!(!w.sent.iter().any(|o| matches!(o, SendOut::Accepted)), "{:?}", w.sent);
+    // The receiver's next run (its state removed by the clean-up) takes it.
+    w.r = Some(DftpReceiver::new(pid("bob"), pid("alice"), RecvConfig::default(), None, 5, w.now));
+    w.part = None;
+    w.run_until("the new file", |w| w.sent.iter().any(|o| matches!(o, SendOut::Finished { .. })));
+    assert!(w.sent.iter().any(|o| matches!(o, SendOut::Accepted)), "{:?}", w.sent);
+}
