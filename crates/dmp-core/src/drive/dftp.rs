@@ -801,7 +801,9 @@ impl Target {
                     }
                     let _ = std::fs::remove_file(&tmp);
                 }
-                Err(_) => std::fs::rename(&tmp, &dest).map_err(|e| format!("rename: {e}"))?,
+                // No hard links here (exFAT, FAT, some network file
+                // systems): a rename, which must not replace either.
+                Err(_) => rename_noreplace(&tmp, &dest, &offer.name)?,
             }
         } else {
             std::fs::rename(&tmp, &dest).map_err(|e| format!("rename: {e}"))?;
@@ -811,6 +813,29 @@ impl Target {
         }
         Ok(dest)
     }
+}
+
+/// Renames `from` to `to` only if no file is at `to` (Linux `renameat2`
+/// with `RENAME_NOREPLACE`). Where the file system cannot do that, `to` is
+/// checked just before a plain rename: a file appearing in between is the
+/// only case left.
+fn rename_noreplace(from: &Path, to: &Path, name: &str) -> Result<(), String> {
+    let appeared = || format!("{name} appeared meanwhile; not replaced (use --overwrite)");
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use rustix::io::Errno;
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == Errno::EXIST => return Err(appeared()),
+            Err(e) if e == Errno::INVAL || e == Errno::NOSYS => {}
+            Err(e) => return Err(format!("rename: {e}")),
+        }
+    }
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(appeared());
+    }
+    std::fs::rename(from, to).map_err(|e| format!("rename: {e}"))
 }
 
 /// True when `a` and `b` are names of one file (hard links), neither a
@@ -1281,6 +1306,27 @@ mod tests {
         t.prepare(&offer, true).unwrap();
         assert!(t.finalize().unwrap_err().contains("appeared meanwhile"));
         assert_eq!(std::fs::read(&dest).unwrap(), b"other");
+    }
+
+    /// The rename that stands in for a hard link where the file system has
+    /// none never replaces a file at the final name, nor a symbolic link
+    /// there (before, a plain rename replaced it without --overwrite).
+    #[test]
+    fn the_rename_without_hard_links_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join(".dftp-x.part"), dir.path().join("f.bin"));
+        std::fs::write(&from, b"new").unwrap();
+        std::fs::write(&to, b"theirs").unwrap();
+        let e = rename_noreplace(&from, &to, "f.bin").unwrap_err();
+        assert!(e.contains("f.bin appeared meanwhile"), "{e}");
+        assert_eq!(std::fs::read(&to).unwrap(), b"theirs");
+        std::fs::remove_file(&to).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", &to).unwrap();
+        assert!(rename_noreplace(&from, &to, "f.bin").is_err());
+        std::fs::remove_file(&to).unwrap();
+        rename_noreplace(&from, &to, "f.bin").unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"new");
+        assert!(!from.exists());
     }
 
     /// A name planted under the partial file's (a hard link or a symlink
