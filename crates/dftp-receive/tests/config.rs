@@ -126,3 +126,17 @@ fn peer_outbox_from_the_file() {
     let f = sb.spawn_command("dmp-ping-client", cmd).wait();
     assert!(f.stderr.contains("reading the outbox of bob at http://127.0.0.1:9/bob"), "{}", f.describe());
 }
+
+/// The default peers file lies beside the keys, known_peers and
+/// config.toml: `peers` in `$DMP_CONFIG_DIR` when that is set (before, it
+/// was always `~/.config/dmp/peers`).
+#[test]
+fn peers_file_beside_the_config() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(&sb.config).unwrap();
+    std::fs::write(sb.config.join("peers"), "bob = http://127.0.0.1:9/bob\n").unwrap();
+    let mut cmd = sb.command("dmp-ping-client", ["bob", "alice", "-c", "1", "-W", "0.5", "-v"]);
+    cmd.env("RUST_LOG", "info").env_remove("DMP_PEERS_FILE");
+    let f = sb.spawn_command("dmp-ping-client", cmd).wait();
+    assert!(f.stderr.contains("reading the outbox of bob at http://127.0.0.1:9/bob"), "{}", f.describe());
+}

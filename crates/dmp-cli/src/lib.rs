@@ -51,7 +51,8 @@ pub struct Common {
     #[arg(long = "peer-outbox", value_name = "ID=URL", value_parser = Unechoed(peer_outbox_value))]
     pub peer_outbox: Vec<PeerOutbox>,
 
-    /// File of `id = url` lines, as --peer-outbox [default: ~/.config/dmp/peers].
+    /// File of `id = url` lines, as --peer-outbox [default: ~/.config/dmp/peers, or peers in
+    /// $DMP_CONFIG_DIR].
     #[arg(long, env = "DMP_PEERS_FILE", value_name = "FILE")]
     pub peers_file: Option<PathBuf>,
 

@@ -82,9 +82,11 @@ impl PeerOutbox {
     }
 }
 
-/// `<config dir>/dmp/peers`, e.g. `~/.config/dmp/peers`.
+/// `peers` in the configuration directory: `$DMP_CONFIG_DIR`, else
+/// `<user config dir>/dmp`, e.g. `~/.config/dmp/peers`.
 pub fn default_peers_file() -> Option<PathBuf> {
-    dirs::config_dir().map(|d| d.join("dmp").join("peers"))
+    // Beside the keys, known_peers and config.toml: `$DMP_CONFIG_DIR` when set.
+    crate::keys::config_dir().ok().map(|d| d.join("peers"))
 }
 
 /// Reads a peers file; a missing file is no peers.
