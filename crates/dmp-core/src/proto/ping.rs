@@ -737,29 +737,13 @@ mod tests {
         for _ in 0..200 {
             c.wake(now);
             s.wake(now);
-            for _ in 0..20 {
-                let (co, so) = (c.take_ops(), s.take_ops());
-                if co.is_empty() && so.is_empty() {
-                    break;
+            settle_pair(&store, now, &mut c, Some(&mut s), |batch| {
+                if let Some(i) = batch.iter().position(|o| !matches!(o, Op::Put(..))) {
+                    assert!(!batch[i..].iter().any(|o| matches!(o, Op::Put(..))), "a write after a read: {batch:?}");
+                    mixed += usize::from(i > 0);
                 }
-                for batch in [&co, &so] {
-                    if let Some(i) = batch.iter().position(|o| !matches!(o, Op::Put(..))) {
-                        assert!(
-                            !batch[i..].iter().any(|o| matches!(o, Op::Put(..))),
-                            "a write after a read: {batch:?}"
-                        );
-                        mixed += usize::from(i > 0);
-                    }
-                }
-                for op in co {
-                    let r = perform(&store, op).await;
-                    c.on_result(now, r);
-                }
-                for op in so {
-                    let r = perform(&store, op).await;
-                    s.on_result(now, r);
-                }
-            }
+            })
+            .await;
             if c.finished() {
                 break;
             }
@@ -768,6 +752,36 @@ mod tests {
         assert!(c.finished(), "the client did not finish");
         assert_eq!((c.summary().sent, c.summary().unwritten, c.summary().received), (3, 0, 3));
         assert!(mixed > 0, "no batch held both writes and reads: the test shows nothing");
+    }
+
+    /// Performs the client's and (when given) the server's operations, and
+    /// those they lead to, until neither has any; `seen` sees each batch
+    /// before it is performed.
+    async fn settle_pair(
+        store: &MemoryStore,
+        now: Duration,
+        c: &mut PingClient,
+        mut s: Option<&mut PingServer>,
+        mut seen: impl FnMut(&[Op]),
+    ) {
+        for _ in 0..20 {
+            let (co, so) = (c.take_ops(), s.as_deref_mut().map(PingServer::take_ops).unwrap_or_default());
+            if co.is_empty() && so.is_empty() {
+                return;
+            }
+            seen(&co);
+            seen(&so);
+            for op in co {
+                let r = perform(store, op).await;
+                c.on_result(now, r);
+            }
+            if let Some(s) = s.as_deref_mut() {
+                for op in so {
+                    let r = perform(store, op).await;
+                    s.on_result(now, r);
+                }
+            }
+        }
     }
 
     /// Runs a client (and, with `answer`, a server for it) over one memory
@@ -785,20 +799,7 @@ mod tests {
             if up {
                 s.wake(now);
             }
-            for _ in 0..20 {
-                let (co, so) = (c.take_ops(), if up { s.take_ops() } else { Vec::new() });
-                if co.is_empty() && so.is_empty() {
-                    break;
-                }
-                for op in co {
-                    let r = perform(&store, op).await;
-                    c.on_result(now, r);
-                }
-                for op in so {
-                    let r = perform(&store, op).await;
-                    s.on_result(now, r);
-                }
-            }
+            settle_pair(&store, now, &mut c, up.then_some(&mut s), |_| {}).await;
             if c.finished() {
                 break;
             }
