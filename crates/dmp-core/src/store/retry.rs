@@ -512,6 +512,14 @@ pub(crate) fn detail_of(content_type: Option<&str>, body: &[u8]) -> String {
     if looks_like_html(content_type, body) || text.trim_start().starts_with('<') {
         return String::new();
     }
+    // Not text (a 206 or 4xx carrying the object's bytes, a compressed
+    // body): nothing worth printing. The body may have been cut inside a
+    // character at ERROR_BODY_MAX.
+    if let Err(e) = std::str::from_utf8(body) {
+        if e.error_len().is_some() {
+            return String::new();
+        }
+    }
     let line = one_line(text.lines().find(|l| !l.trim().is_empty()).unwrap_or(""));
     if line.is_empty() { String::new() } else { format!(" ({line})") }
 }
@@ -528,7 +536,15 @@ pub(crate) fn xml_text(s: &str, tag: &str) -> Option<String> {
 /// One printable line of at most 200 characters, with any credentials a
 /// server echoes back (`Basic …`, `Bearer …`) left out.
 fn one_line(s: &str) -> String {
-    let mut out: String = s.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(200).collect();
+    // Control characters, and the bidirectional overrides and isolates
+    // that would make a server's text read otherwise than it is.
+    let odd = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+            || c == '\u{feff}'
+    };
+    let mut out: String = s.trim().chars().map(|c| if odd(c) { ' ' } else { c }).take(200).collect();
     if s.trim().chars().count() > 200 {
         out.push('…');
     }
@@ -662,6 +678,16 @@ mod tests {
         let evil = b"<Error><Code>\x1b[31mX\x1b]0;t\x07</Code></Error>";
         assert!(!detail_of(Some("application/xml"), evil).chars().any(char::is_control));
         assert_eq!(detail_of(Some("text/plain"), b"echo: Basic YWxpY2U6c2VjcmV0"), " (echo: Basic [redacted])");
+        // Binary bodies (an object's bytes with a 206, a gzip body) are not printed.
+        assert_eq!(detail_of(None, b"\x89DMP\x01\x00\x10\xff\xfe bob alice"), "");
+        assert_eq!(detail_of(Some("application/octet-stream"), b"\x1f\x8b\x08\x00\xa5\x93"), "");
+        // ... but text cut inside a character at the read limit still is.
+        assert_eq!(
+            detail_of(Some("text/plain"), "quota d\u{e9}pass\u{e9}".as_bytes().split_last().unwrap().1),
+            " (quota d\u{e9}pass\u{fffd})"
+        );
+        let spoof = detail_of(Some("text/plain"), "ok \u{202e}txt.exe\u{2066}".as_bytes());
+        assert!(!spoof.contains('\u{202e}') && !spoof.contains('\u{2066}'), "{spoof:?}");
     }
 
     #[test]
