@@ -410,7 +410,7 @@ async fn oversized_object_is_refused_unread() {
     .await;
     let s = HttpStore::with_options(url(&srv.url("/")), fast()).unwrap();
     let e = s.get(&k("m"), 1 << 20).await.unwrap_err();
-    assert!(matches!(e, StoreError::TooLarge { len: 1073741824, .. }), "{e:?}");
+    assert!(matches!(e, StoreError::TooLarge { len: Some(1073741824), .. }), "{e:?}");
     // Without a length (chunked), reading stops just past the limit.
     let srv = FakeServer::start(|_, _| {
         let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();

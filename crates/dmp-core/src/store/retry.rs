@@ -388,13 +388,13 @@ impl Http {
     /// Reads a body of at most `max_len` bytes; stops reading as soon as it
     /// is known to be longer. A body cut short is retryable.
     pub async fn read_body(&self, key: &Key, mut resp: Response, max_len: u64) -> Result<Vec<u8>, Failure> {
-        let too_large = |len: u64| {
+        let too_large = |len: Option<u64>| {
             Failure::Fatal(StoreError::TooLarge { store: self.store.clone(), key: key.to_string(), len, max: max_len })
         };
         let declared = resp.content_length();
         if let Some(len) = declared {
             if len > max_len {
-                return Err(too_large(len));
+                return Err(too_large(Some(len)));
             }
         }
         // From the buffer pool: a chunk's buffer comes back once it is
@@ -404,7 +404,9 @@ impl Http {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if (buf.len() + c.len()) as u64 > max_len {
-                        return Err(too_large((buf.len() + c.len()) as u64));
+                        // Not how much was read: that varies from one try to
+                        // the next, and a warning is logged once per reason.
+                        return Err(too_large(None));
                     }
                     buf.extend_from_slice(&c);
                 }
