@@ -102,7 +102,7 @@ impl Config {
                 _ => return Ok(Config::default()),
             },
         };
-        let text = std::fs::read_to_string(&path)
+        let text = dmp_core::store::read_settings_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot read the configuration file {}: {e}", path.display()))?;
         let mut c = Config::parse(&text).map_err(|e| anyhow::anyhow!("{}{e}", path.display()))?;
         c.path = Some(path);

@@ -347,6 +347,27 @@ pub trait Store: Send + Sync + 'static {
 /// A shared handle to any store.
 pub type DynStore = Arc<dyn Store>;
 
+/// Largest settings file read (peers file, configuration file, netrc).
+pub const SETTINGS_FILE_MAX: u64 = 1 << 20;
+
+/// Reads a settings file of at most [`SETTINGS_FILE_MAX`] bytes as text.
+/// Reading stops there: a path given by the user may be `/dev/zero` or a
+/// pipe that never ends, and `read_to_string` would take every byte of
+/// memory first.
+pub fn read_settings_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(SETTINGS_FILE_MAX + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > SETTINGS_FILE_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} KiB; not a settings file", SETTINGS_FILE_MAX >> 10),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,7 +89,7 @@ pub fn default_peers_file() -> Option<PathBuf> {
 
 /// Reads a peers file; a missing file is no peers.
 pub fn load_peers_file(path: &Path) -> Result<Vec<PeerOutbox>, StoreError> {
-    match std::fs::read_to_string(path) {
+    match super::read_settings_file(path) {
         Ok(text) => parse_peers(&text).map_err(|e| match e {
             StoreError::BadSpec(m) => StoreError::BadSpec(format!("{}: {m}", path.display())),
             e => e,

@@ -72,7 +72,7 @@ impl WebDavCredentials {
 
 /// Looks `host` up in a netrc file; a missing or unreadable file is no entry.
 pub(crate) fn netrc_lookup(path: &Path, host: &str) -> Option<WebDavCredentials> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = super::read_settings_file(path).ok()?;
     parse_netrc(&text, host)
 }
 
