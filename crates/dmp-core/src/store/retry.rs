@@ -31,7 +31,8 @@ pub struct HttpOptions {
     pub retries: u32,
     /// Time one operation may spend retrying: no retry starts once this
     /// much has passed since its first attempt (or would have passed by the
-    /// end of the back-off delay).
+    /// end of the back-off delay). A server's `Retry-After` that reaches
+    /// past it is waited for until it, then tried once more.
     pub retry_for: Duration,
     /// A request still unanswered after this long (plus the time its upload
     /// may take), or an operation still failing after it, is logged as a
@@ -167,11 +168,16 @@ impl Http {
                 Ok(v) => break Ok(v),
                 Err(Failure::Fatal(e)) => break Err(e),
                 Err(Failure::Retry { msg, after, unreachable }) => {
+                    let spent = start.elapsed();
                     let delay = match after {
-                        Some(a) => a.min(self.opts.retry_after_max),
+                        // A server that asks for more time than is left is
+                        // waited on for what is left. Giving up at once
+                        // instead failed the operation, and the caller's
+                        // next look (within 2 s) asked again: "Retry-After:
+                        // 999999" drew a request a second, "30" one in 30 s.
+                        Some(a) => a.min(self.opts.retry_after_max).min(self.opts.retry_for.saturating_sub(spent)),
                         None => backoff(&self.opts, n),
                     };
-                    let spent = start.elapsed();
                     if n >= self.opts.retries || spent + delay > self.opts.retry_for {
                         let tries = n + 1;
                         let msg = format!(
