@@ -154,7 +154,11 @@ impl Common {
         let mut all = self.config()?.peers.clone();
         let file = self.peers_file.clone().or_else(default_peers_file);
         let listed = match &file {
-            Some(f) => load_peers_file(f)?,
+            // Its errors name the file; they are not about the store.
+            Some(f) => load_peers_file(f).map_err(|e| match e {
+                dmp_core::store::StoreError::BadSpec(m) => anyhow::anyhow!("peers file {m}"),
+                e => e.into(),
+            })?,
             None => Vec::new(),
         };
         if let Some(f) = file.as_ref().filter(|_| !listed.is_empty()) {
