@@ -76,11 +76,7 @@ impl S3Config {
     pub fn from_env(bucket: &str, prefix: &str) -> Result<S3Config, StoreError> {
         let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
         let (endpoint, path_style) = match env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
-            Some(e) => {
-                let url =
-                    Url::parse(&e).map_err(|err| StoreError::BadSpec(format!("AWS_ENDPOINT_URL {e:?}: {err}")))?;
-                (url, true)
-            }
+            Some(e) => (parse_endpoint(&e)?, true),
             None => {
                 let url = Url::parse(&format!("https://s3.{region}.amazonaws.com/"))
                     .map_err(|err| StoreError::BadSpec(format!("AWS_REGION {region:?}: {err}")))?;
@@ -110,6 +106,13 @@ impl S3Config {
             session_token: env("AWS_SESSION_TOKEN"),
         })
     }
+}
+
+/// `AWS_ENDPOINT_URL` as a URL. A value that does not parse is shown
+/// without whatever comes between `://` and an `@` (it may be a password).
+fn parse_endpoint(e: &str) -> Result<Url, StoreError> {
+    Url::parse(e)
+        .map_err(|err| StoreError::BadSpec(format!("AWS_ENDPOINT_URL {}: {err}", super::spec::shown_location(e))))
 }
 
 /// What [`S3Store::put_new`] did.
@@ -145,6 +148,13 @@ impl S3Store {
     pub fn new(cfg: S3Config, opts: HttpOptions) -> Result<S3Store, StoreError> {
         check_bucket_name(&cfg.bucket)?;
         check_prefix(&cfg.prefix)?;
+        if !cfg.endpoint.username().is_empty() || cfg.endpoint.password().is_some() {
+            return Err(StoreError::BadSpec(format!(
+                "AWS_ENDPOINT_URL {}: credentials in the URL are not accepted (use AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY)",
+                super::spec::shown_location(&shown_url(&cfg.endpoint))
+            )));
+        }
         let endpoint = check_base(cfg.endpoint.clone())?;
         let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
         let bucket = Bucket::new(endpoint.clone(), style, cfg.bucket.clone(), cfg.region.clone())
@@ -525,6 +535,17 @@ mod tests {
         assert_eq!(url.path(), "/dmp-test/team/a/a/b.msg");
         assert!(url.query().unwrap().contains("X-Amz-Signature="));
         assert!(!format!("{:?}", cfg()).contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_shown_without_its_credentials() {
+        for e in ["http://user:hunter2@127.0.0.1:99999/", "http://us er:hunter2@[::1/", "http://u:hun/ter2@h:x/"] {
+            let msg = parse_endpoint(e).unwrap_err().to_string();
+            assert!(!msg.contains("hunter2") && !msg.contains("hun/ter2") && msg.contains("://***@"), "{msg}");
+        }
+        let c = S3Config { endpoint: Url::parse("http://user:hunter2@127.0.0.1:9000").unwrap(), ..cfg() };
+        let msg = S3Store::new(c, HttpOptions::default()).err().unwrap().to_string();
+        assert!(!msg.contains("hunter2") && msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
     }
 
     #[test]
