@@ -977,6 +977,18 @@ fn cases() -> Vec<Case> {
         cli("recv_unknown_flag", "dftp-receive", "", |c| recv_cli(c, &["--overwrite=maybe"])),
         cli("recv_peer_outbox_bad", "dftp-receive", "", |c| recv_cli(c, &["--peer-outbox", "alice=file:///etc"])),
         cli("recv_peers_file_missing", "dftp-receive", "", |c| recv_cli(c, &["--peers-file", "/nonexistent/peers"])),
+        // A settings file that never ends (/dev/zero, a pipe) was read
+        // whole first: here 64 MiB of zeros stand for it.
+        cli("recv_peers_file_endless", "dftp-receive", "too large (67108864 bytes, at most 1048576)", |c| {
+            let p = c.sb.path("zeros-peers");
+            std::fs::File::create(&p).unwrap().set_len(64 << 20).unwrap();
+            recv_cli(c, &["--peers-file", p.to_str().unwrap()])
+        }),
+        cli("recv_config_endless", "dftp-receive", "too large (67108864 bytes, at most 1048576)", |c| {
+            let p = c.sb.path("zeros-config");
+            std::fs::File::create(&p).unwrap().set_len(64 << 20).unwrap();
+            recv_cli(c, &["--config", p.to_str().unwrap()])
+        }),
     ]
 }
 

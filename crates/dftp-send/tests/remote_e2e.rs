@@ -558,7 +558,10 @@ fn bad_peer_outboxes_are_usage_errors() {
         (vec!["--peer-outbox", "bob"], "ID=URL"),
         (vec!["--peer-outbox", "bob=ftp://h/x"], "http"),
         (vec!["--peer-outbox", "bob=http://user:pw@h/x"], "credentials"),
-        (vec!["--peers-file", bad_file.to_str().unwrap()], "line 3"),
+        (
+            vec!["--peers-file", bad_file.to_str().unwrap()],
+            &*format!("error: peers file {}: line 3", bad_file.display()),
+        ),
         (vec!["--peers-file", "/nonexistent/dmp/peers"], "does not exist"),
     ] {
         let mut side = Side::store(&store);

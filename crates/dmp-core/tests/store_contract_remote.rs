@@ -326,6 +326,22 @@ async fn honours_retry_after() {
 }
 
 #[tokio::test]
+async fn a_retry_after_beyond_the_retry_budget_is_waited_for_what_is_left() {
+    // Every answer asks for a day. Giving up at once made the caller ask
+    // again at its next look, every second or two: more requests than a
+    // server asking for 30 s got.
+    let srv = FakeServer::start(|_, _| response("429 Too Many Requests", &[("Retry-After", "86400")], b"")).await;
+    let opts = HttpOptions { retry_for: Duration::from_secs(1), retry_after_max: Duration::from_secs(60), ..fast() };
+    let s = HttpStore::with_options(url(&srv.url("/")), opts).unwrap();
+    let t = Instant::now();
+    let e = s.get(&k("m"), 100).await.unwrap_err();
+    assert!(e.is_transient() && e.to_string().contains("429"), "{e}");
+    assert!(t.elapsed() >= Duration::from_millis(950), "waited only {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
+    assert_eq!(srv.requests(), 2, "one try, and one once the time was up");
+}
+
+#[tokio::test]
 async fn gives_up_on_persistent_5xx() {
     let srv = FakeServer::start(|_, _| {
         response("500 Internal Server Error", &[("Content-Type", "text/plain")], b"disk on fire\n")
@@ -410,7 +426,7 @@ async fn oversized_object_is_refused_unread() {
     .await;
     let s = HttpStore::with_options(url(&srv.url("/")), fast()).unwrap();
     let e = s.get(&k("m"), 1 << 20).await.unwrap_err();
-    assert!(matches!(e, StoreError::TooLarge { len: 1073741824, .. }), "{e:?}");
+    assert!(matches!(e, StoreError::TooLarge { len: Some(1073741824), .. }), "{e:?}");
     // Without a length (chunked), reading stops just past the limit.
     let srv = FakeServer::start(|_, _| {
         let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();

@@ -384,9 +384,12 @@ impl World {
                 }
                 let data = if own(&k) { self.store.latest(k.as_str()).cloned() } else { self.read_peer(&k) };
                 let r = match data {
-                    Some(d) if d.len() as u64 > max => {
-                        Err(StoreError::TooLarge { store: "sim".into(), key: k.to_string(), len: d.len() as u64, max })
-                    }
+                    Some(d) if d.len() as u64 > max => Err(StoreError::TooLarge {
+                        store: "sim".into(),
+                        key: k.to_string(),
+                        len: Some(d.len() as u64),
+                        max,
+                    }),
                     d => Ok(d),
                 };
                 OpResult::Got(k, r)

@@ -224,7 +224,12 @@ impl SimStore {
             }
         }
         if data.len() as u64 > max {
-            return Err(StoreError::TooLarge { store: "sim".into(), key: key.into(), len: data.len() as u64, max });
+            return Err(StoreError::TooLarge {
+                store: "sim".into(),
+                key: key.into(),
+                len: Some(data.len() as u64),
+                max,
+            });
         }
         Ok(Some(data.to_vec()))
     }

@@ -236,7 +236,7 @@ impl FolderStore {
             return Err(StoreError::TooLarge {
                 store: self.describe(),
                 key: key.to_string(),
-                len: meta.len(),
+                len: Some(meta.len()),
                 max: max_len,
             });
         }
@@ -244,12 +244,7 @@ impl FolderStore {
         // Read at most one byte past the limit, in case the file grew.
         f.take(max_len + 1).read_to_end(&mut buf).map_err(|e| self.err("get", key, e))?;
         if buf.len() as u64 > max_len {
-            return Err(StoreError::TooLarge {
-                store: self.describe(),
-                key: key.to_string(),
-                len: buf.len() as u64,
-                max: max_len,
-            });
+            return Err(StoreError::TooLarge { store: self.describe(), key: key.to_string(), len: None, max: max_len });
         }
         Ok(Some(buf))
     }

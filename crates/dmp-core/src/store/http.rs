@@ -233,4 +233,30 @@ mod tests {
         assert!(e.to_string().contains("gave up after 1 attempt in"), "{e}");
         assert!(store.http.has_warned());
     }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_without_a_length_is_the_same_error_each_time() {
+        // No Content-Length, and another length each time: the error must
+        // not change with it (a warning is logged once per reason).
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let srv = FakeServer::start(move |_, _| {
+            let len = 2000 + 1000 * n.fetch_add(1, Ordering::SeqCst);
+            let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+            r.extend(std::iter::repeat_n(b'x', len));
+            Reply::Now(r)
+        })
+        .await;
+        let store =
+            HttpStore::with_options(srv.url("/bob/"), HttpOptions { retries: 0, ..HttpOptions::default() }).unwrap();
+        let a = store.get(&key("alice/head"), 1024).await.unwrap_err().to_string();
+        let b = store.get(&key("alice/head"), 1024).await.unwrap_err().to_string();
+        assert_eq!(a, b);
+        assert!(a.ends_with(": alice/head is more than the 1024 bytes allowed"), "{a}");
+    }
+
+    #[test]
+    fn a_listing_too_large_is_named() {
+        let e = StoreError::TooLarge { store: "s".into(), key: String::new(), len: Some(9), max: 8 };
+        assert_eq!(e.to_string(), "s: the listing is 9 bytes, more than the 8 allowed");
+    }
 }

@@ -60,7 +60,7 @@ impl Store for MemoryStore {
             Some(v) if v.len() as u64 > max_len => Err(StoreError::TooLarge {
                 store: self.describe(),
                 key: key.to_string(),
-                len: v.len() as u64,
+                len: Some(v.len() as u64),
                 max: max_len,
             }),
             Some(v) => Ok(Some(v.clone())),

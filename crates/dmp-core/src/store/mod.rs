@@ -121,8 +121,11 @@ pub fn is_valid_component(p: &str) -> bool {
 pub enum StoreError {
     #[error("{store}: {}: {msg}", op_on(op, key))]
     Io { store: String, op: &'static str, key: String, msg: String },
-    #[error("{store}: {key} is {len} bytes, more than the {max} allowed")]
-    TooLarge { store: String, key: String, len: u64, max: u64 },
+    /// An object or listing over the size allowed; `len` is its size when
+    /// known (a body without `Content-Length` is cut at the limit, and how
+    /// far past it a server would have gone is not known).
+    #[error("{store}: {}", too_large(key, *len, *max))]
+    TooLarge { store: String, key: String, len: Option<u64>, max: u64 },
     #[error("{store}: {key} is not a regular file (symlink, directory or device); ignored")]
     NotAFile { store: String, key: String },
     /// A write below a path that is a file or a symbolic link where a
@@ -160,6 +163,16 @@ pub enum StoreError {
 /// messages: never `list : ...`.
 pub(crate) fn op_on(op: &str, key: &str) -> String {
     if key.is_empty() { op.to_owned() } else { format!("{op} {key}") }
+}
+
+/// `a/b is 9 bytes, more than the 8 allowed`; the store's root (a
+/// listing) is `the listing`.
+fn too_large(key: &str, len: Option<u64>, max: u64) -> String {
+    let what = if key.is_empty() { "the listing" } else { key };
+    match len {
+        Some(len) => format!("{what} is {len} bytes, more than the {max} allowed"),
+        None => format!("{what} is more than the {max} bytes allowed"),
+    }
 }
 
 impl StoreError {

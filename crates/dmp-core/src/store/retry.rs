@@ -31,7 +31,8 @@ pub struct HttpOptions {
     pub retries: u32,
     /// Time one operation may spend retrying: no retry starts once this
     /// much has passed since its first attempt (or would have passed by the
-    /// end of the back-off delay).
+    /// end of the back-off delay). A server's `Retry-After` that reaches
+    /// past it is waited for until it, then tried once more.
     pub retry_for: Duration,
     /// A request still unanswered after this long (plus the time its upload
     /// may take), or an operation still failing after it, is logged as a
@@ -167,11 +168,16 @@ impl Http {
                 Ok(v) => break Ok(v),
                 Err(Failure::Fatal(e)) => break Err(e),
                 Err(Failure::Retry { msg, after, unreachable }) => {
+                    let spent = start.elapsed();
                     let delay = match after {
-                        Some(a) => a.min(self.opts.retry_after_max),
+                        // A server that asks for more time than is left is
+                        // waited on for what is left. Giving up at once
+                        // instead failed the operation, and the caller's
+                        // next look (within 2 s) asked again: "Retry-After:
+                        // 999999" drew a request a second, "30" one in 30 s.
+                        Some(a) => a.min(self.opts.retry_after_max).min(self.opts.retry_for.saturating_sub(spent)),
                         None => backoff(&self.opts, n),
                     };
-                    let spent = start.elapsed();
                     if n >= self.opts.retries || spent + delay > self.opts.retry_for {
                         let tries = n + 1;
                         let msg = format!(
@@ -388,13 +394,13 @@ impl Http {
     /// Reads a body of at most `max_len` bytes; stops reading as soon as it
     /// is known to be longer. A body cut short is retryable.
     pub async fn read_body(&self, key: &Key, mut resp: Response, max_len: u64) -> Result<Vec<u8>, Failure> {
-        let too_large = |len: u64| {
+        let too_large = |len: Option<u64>| {
             Failure::Fatal(StoreError::TooLarge { store: self.store.clone(), key: key.to_string(), len, max: max_len })
         };
         let declared = resp.content_length();
         if let Some(len) = declared {
             if len > max_len {
-                return Err(too_large(len));
+                return Err(too_large(Some(len)));
             }
         }
         // From the buffer pool: a chunk's buffer comes back once it is
@@ -404,7 +410,9 @@ impl Http {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if (buf.len() + c.len()) as u64 > max_len {
-                        return Err(too_large((buf.len() + c.len()) as u64));
+                        // Not how much was read: that varies from one try to
+                        // the next, and a warning is logged once per reason.
+                        return Err(too_large(None));
                     }
                     buf.extend_from_slice(&c);
                 }
@@ -512,6 +520,14 @@ pub(crate) fn detail_of(content_type: Option<&str>, body: &[u8]) -> String {
     if looks_like_html(content_type, body) || text.trim_start().starts_with('<') {
         return String::new();
     }
+    // Not text (a 206 or 4xx carrying the object's bytes, a compressed
+    // body): nothing worth printing. The body may have been cut inside a
+    // character at ERROR_BODY_MAX.
+    if let Err(e) = std::str::from_utf8(body) {
+        if e.error_len().is_some() {
+            return String::new();
+        }
+    }
     let line = one_line(text.lines().find(|l| !l.trim().is_empty()).unwrap_or(""));
     if line.is_empty() { String::new() } else { format!(" ({line})") }
 }
@@ -528,7 +544,15 @@ pub(crate) fn xml_text(s: &str, tag: &str) -> Option<String> {
 /// One printable line of at most 200 characters, with any credentials a
 /// server echoes back (`Basic …`, `Bearer …`) left out.
 fn one_line(s: &str) -> String {
-    let mut out: String = s.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(200).collect();
+    // Control characters, and the bidirectional overrides and isolates
+    // that would make a server's text read otherwise than it is.
+    let odd = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+            || c == '\u{feff}'
+    };
+    let mut out: String = s.trim().chars().map(|c| if odd(c) { ' ' } else { c }).take(200).collect();
     if s.trim().chars().count() > 200 {
         out.push('…');
     }
@@ -662,6 +686,16 @@ mod tests {
         let evil = b"<Error><Code>\x1b[31mX\x1b]0;t\x07</Code></Error>";
         assert!(!detail_of(Some("application/xml"), evil).chars().any(char::is_control));
         assert_eq!(detail_of(Some("text/plain"), b"echo: Basic YWxpY2U6c2VjcmV0"), " (echo: Basic [redacted])");
+        // Binary bodies (an object's bytes with a 206, a gzip body) are not printed.
+        assert_eq!(detail_of(None, b"\x89DMP\x01\x00\x10\xff\xfe bob alice"), "");
+        assert_eq!(detail_of(Some("application/octet-stream"), b"\x1f\x8b\x08\x00\xa5\x93"), "");
+        // ... but text cut inside a character at the read limit still is.
+        assert_eq!(
+            detail_of(Some("text/plain"), "quota d\u{e9}pass\u{e9}".as_bytes().split_last().unwrap().1),
+            " (quota d\u{e9}pass\u{fffd})"
+        );
+        let spoof = detail_of(Some("text/plain"), "ok \u{202e}txt.exe\u{2066}".as_bytes());
+        assert!(!spoof.contains('\u{202e}') && !spoof.contains('\u{2066}'), "{spoof:?}");
     }
 
     #[test]

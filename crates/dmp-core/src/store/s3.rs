@@ -16,6 +16,7 @@ use percent_encoding::percent_decode_str;
 use reqwest::{Response, StatusCode, Url, header};
 use rusty_s3::actions::{DeleteObject, GetObject, HeadObject, ListObjectsV2, PutObject, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -75,11 +76,7 @@ impl S3Config {
     pub fn from_env(bucket: &str, prefix: &str) -> Result<S3Config, StoreError> {
         let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
         let (endpoint, path_style) = match env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
-            Some(e) => {
-                let url =
-                    Url::parse(&e).map_err(|err| StoreError::BadSpec(format!("AWS_ENDPOINT_URL {e:?}: {err}")))?;
-                (url, true)
-            }
+            Some(e) => (parse_endpoint(&e)?, true),
             None => {
                 let url = Url::parse(&format!("https://s3.{region}.amazonaws.com/"))
                     .map_err(|err| StoreError::BadSpec(format!("AWS_REGION {region:?}: {err}")))?;
@@ -109,6 +106,13 @@ impl S3Config {
             session_token: env("AWS_SESSION_TOKEN"),
         })
     }
+}
+
+/// `AWS_ENDPOINT_URL` as a URL. A value that does not parse is shown
+/// without whatever comes between `://` and an `@` (it may be a password).
+fn parse_endpoint(e: &str) -> Result<Url, StoreError> {
+    Url::parse(e)
+        .map_err(|err| StoreError::BadSpec(format!("AWS_ENDPOINT_URL {}: {err}", super::spec::shown_location(e))))
 }
 
 /// What [`S3Store::put_new`] did.
@@ -144,6 +148,13 @@ impl S3Store {
     pub fn new(cfg: S3Config, opts: HttpOptions) -> Result<S3Store, StoreError> {
         check_bucket_name(&cfg.bucket)?;
         check_prefix(&cfg.prefix)?;
+        if !cfg.endpoint.username().is_empty() || cfg.endpoint.password().is_some() {
+            return Err(StoreError::BadSpec(format!(
+                "AWS_ENDPOINT_URL {}: credentials in the URL are not accepted (use AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY)",
+                super::spec::shown_location(&shown_url(&cfg.endpoint))
+            )));
+        }
         let endpoint = check_base(cfg.endpoint.clone())?;
         let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
         let bucket = Bucket::new(endpoint.clone(), style, cfg.bucket.clone(), cfg.region.clone())
@@ -346,15 +357,23 @@ fn check_prefix(p: &str) -> Result<(), StoreError> {
 }
 
 /// The names directly below `dir` (ending with `/`, or empty) in one
-/// ListObjectsV2 page (keys and prefixes URL-encoded).
-fn names_in_page(page: &rusty_s3::actions::ListObjectsV2Response, dir: &str, out: &mut Vec<String>) {
+/// ListObjectsV2 page (keys and prefixes URL-encoded), added to `out`
+/// unless `seen` (the names of the pages before) has them. A page may hold
+/// hundreds of thousands of names: comparing each with every earlier one
+/// took minutes of CPU, during which the tool heard no signal.
+fn names_in_page(
+    page: &rusty_s3::actions::ListObjectsV2Response,
+    dir: &str,
+    out: &mut Vec<String>,
+    seen: &mut HashSet<String>,
+) {
     let keys = page.contents.iter().map(|c| c.key.as_str());
     let prefixes = page.common_prefixes.iter().map(|p| p.prefix.as_str());
     for raw in keys.chain(prefixes) {
         let Ok(full) = percent_decode_str(raw).decode_utf8() else { continue };
         let Some(rest) = full.strip_prefix(dir) else { continue };
         let name = rest.strip_suffix('/').unwrap_or(rest);
-        if !name.contains('/') && is_valid_component(name) && !out.iter().any(|n| n == name) {
+        if !name.contains('/') && is_valid_component(name) && seen.insert(name.to_owned()) {
             out.push(name.to_owned());
         }
     }
@@ -442,6 +461,7 @@ impl Store for S3Store {
         let http = &self.http;
         let deadline = http.read_deadline(LIST_PAGE_MAX);
         let mut names = Vec::new();
+        let mut seen = HashSet::new();
         let mut token: Option<String> = None;
         for _ in 0..LIST_PAGES_MAX {
             let page = http
@@ -467,7 +487,7 @@ impl Store for S3Store {
                     }
                 })
                 .await?;
-            names_in_page(&page, &dir, &mut names);
+            names_in_page(&page, &dir, &mut names, &mut seen);
             match page.next_continuation_token {
                 Some(t) if !t.is_empty() && Some(&t) != token.as_ref() => token = Some(t),
                 _ => return Ok(names),
@@ -518,6 +538,17 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_endpoint_is_shown_without_its_credentials() {
+        for e in ["http://user:hunter2@127.0.0.1:99999/", "http://us er:hunter2@[::1/", "http://u:hun/ter2@h:x/"] {
+            let msg = parse_endpoint(e).unwrap_err().to_string();
+            assert!(!msg.contains("hunter2") && !msg.contains("hun/ter2") && msg.contains("://***@"), "{msg}");
+        }
+        let c = S3Config { endpoint: Url::parse("http://user:hunter2@127.0.0.1:9000").unwrap(), ..cfg() };
+        let msg = S3Store::new(c, HttpOptions::default()).err().unwrap().to_string();
+        assert!(!msg.contains("hunter2") && msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
+    }
+
+    #[test]
     fn checks_bucket_and_prefix() {
         assert!(check_bucket_name("ab").is_err());
         assert!(check_bucket_name("Bucket").is_err());
@@ -540,8 +571,34 @@ mod tests {
 <CommonPrefixes><Prefix>p%2Fl%2Fsub%2F</Prefix></CommonPrefixes><EncodingType>url</EncodingType></ListBucketResult>"#;
         let page = ListObjectsV2::parse_response(xml).unwrap();
         let mut names = Vec::new();
-        names_in_page(&page, "p/l/", &mut names);
+        names_in_page(&page, "p/l/", &mut names, &mut HashSet::new());
         names.sort();
         assert_eq!(names, vec!["sub", "x1"]);
+    }
+
+    #[test]
+    fn dedupes_a_large_listing_page_in_order() {
+        // One page of 30k names, each listed as a key and as a prefix, and
+        // the whole page again as the next one: a server decides how many
+        // names a page holds.
+        let n = 30_000;
+        let mut xml = String::from(
+            r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>p%2F</Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>"#,
+        );
+        for i in 0..n {
+            xml.push_str(&format!("<Contents><Key>p%2Fm{i:06}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>\"e\"</ETag><Size>1</Size></Contents>"));
+        }
+        for i in 0..n {
+            xml.push_str(&format!("<CommonPrefixes><Prefix>p%2Fm{i:06}%2F</Prefix></CommonPrefixes>"));
+        }
+        xml.push_str("<EncodingType>url</EncodingType></ListBucketResult>");
+        let page = ListObjectsV2::parse_response(xml.as_bytes()).unwrap();
+        let t = std::time::Instant::now();
+        let (mut names, mut seen) = (Vec::new(), HashSet::new());
+        names_in_page(&page, "p/", &mut names, &mut seen);
+        names_in_page(&page, "p/", &mut names, &mut seen);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?} for {n} names", t.elapsed());
+        assert_eq!(names.len(), n);
+        assert!(names.iter().enumerate().all(|(i, m)| *m == format!("m{i:06}")), "listing order kept");
     }
 }

@@ -263,8 +263,28 @@ pub(crate) fn parse_multistatus(xml: &[u8], dir_path: &str) -> Result<Vec<String
     let mut in_href = false;
     let mut hrefs = Vec::new();
     let mut text = String::new();
+    // Elements open: a document that ends with some still open was cut
+    // short, and names missing from a listing read as files gone.
+    let mut depth = 0usize;
     loop {
-        match reader.read_event_into(&mut buf) {
+        let event = reader.read_event_into(&mut buf);
+        match &event {
+            Ok(Event::Start(e)) => {
+                if depth == 0 && !e.local_name().as_ref().eq_ignore_ascii_case(b"multistatus") {
+                    return Err(format!(
+                        "not a PROPFIND answer: <{}> where <multistatus> was expected",
+                        String::from_utf8_lossy(e.name().as_ref()).chars().take(40).collect::<String>()
+                    ));
+                }
+                depth += 1;
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) if depth > 0 => {
+                return Err(format!("PROPFIND answer cut short: {depth} element(s) still open at its end"));
+            }
+            _ => {}
+        }
+        match event {
             Ok(Event::Start(e)) if e.local_name().as_ref().eq_ignore_ascii_case(b"href") => {
                 in_href = true;
                 text.clear();
@@ -598,6 +618,22 @@ mod tests {
 
         assert!(parse_multistatus(b"<a><b></a>", "/").is_err());
         assert!(parse_multistatus(b"", "/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cut_or_foreign_answer_is_an_error_not_a_shorter_listing() {
+        let whole = br#"<?xml version="1.0"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/d/x1</D:href></D:response><D:response><D:href>/d/x2</D:href></D:response></D:multistatus>"#;
+        assert_eq!(parse_multistatus(whole, "/d/").unwrap(), vec!["x1", "x2"]);
+        // Cut after each element: x2 would be missing, read as deleted.
+        for cut in [
+            whole.len() - "</D:multistatus>".len(),
+            whole.len() - "<D:response><D:href>/d/x2</D:href></D:response></D:multistatus>".len(),
+        ] {
+            let e = parse_multistatus(&whole[..cut], "/d/").unwrap_err();
+            assert!(e.contains("cut short"), "{cut}: {e}");
+        }
+        let e = parse_multistatus(b"<html><body><a href=\"/d/x\">x</a></body></html>", "/d/").unwrap_err();
+        assert!(e.contains("not a PROPFIND answer"), "{e}");
     }
 
     #[test]
