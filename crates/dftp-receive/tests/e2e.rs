@@ -1117,6 +1117,15 @@ fn a_receiver_restarted_after_finished_sends_nothing_again() {
         let before = msgs();
         assert!(!before.is_empty(), "files kept in the store for the sender");
 
+        // Ctrl-C while it waits for the acknowledgement: exit 130, and the
+        // files and state stay for the next run.
+        let mut stopped = spawn_recv(&s.sb, &s.dir, &[]);
+        std::thread::sleep(Duration::from_millis(1000));
+        stopped.signal("INT");
+        let f = stopped.wait();
+        assert_eq!(f.code, Some(130), "{}", f.describe());
+        assert_eq!(msgs(), before, "nothing sent or removed");
+
         let mut again = spawn_recv(&s.sb, &s.dir, &[]);
         std::thread::sleep(Duration::from_millis(1500));
         assert!(again.is_running(), "waits for the sender's acknowledgement");

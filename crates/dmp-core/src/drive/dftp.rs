@@ -871,7 +871,8 @@ pub async fn receive_file(
     mut on_key: impl FnMut(KeyNotice),
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecvReport, TransferError> {
-    let mut shutdown = std::pin::pin!(shutdown);
+    // Two runs may watch it: it stays signalled once it was.
+    let mut shutdown = Latch { inner: std::pin::pin!(shutdown), fired: false };
     match std::fs::metadata(&opts.dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(TransferError::Setup(format!("{} is not a directory", opts.dir.display()))),
@@ -894,7 +895,11 @@ pub async fn receive_file(
     let mut quiet = |_: Progress, _: Option<&Offer>| {};
     let run =
         receive_run(store, me.clone(), peer.clone(), &opts, &mut quiet, &mut on_key, &mut shutdown, restored, true);
-    if !run.await?.1 {
+    let cleaned = run.await?.1;
+    if shutdown.fired {
+        return Err(TransferError::Interrupted);
+    }
+    if !cleaned {
         return Err(TransferError::Failed(format!(
             "{peer} has not acknowledged the earlier transfer of {} yet, nor gone away; its files stay in the \
              store for it (run dftp-receive again later)",
@@ -904,6 +909,24 @@ pub async fn receive_file(
     tracing::info!("cleaned up after the earlier transfer of {}; waiting for a new file", earlier.name);
     let run = receive_run(store, me, peer, &opts, &mut progress, &mut on_key, &mut shutdown, None, false);
     run.await.map(|(report, _)| report)
+}
+
+/// A shutdown future that, once it has completed, completes again at
+/// every poll (an `async` block must not be polled after it completed).
+struct Latch<F> {
+    inner: F,
+    fired: bool,
+}
+
+impl<F: Future<Output = ()> + Unpin> Future for Latch<F> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if !self.fired && std::pin::Pin::new(&mut self.inner).poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        self.fired = true;
+        std::task::Poll::Ready(())
+    }
 }
 
 /// One run of [`receive_file`] from `restored`: the report, and whether
