@@ -63,6 +63,12 @@ impl PeerOutbox {
                  readable without them; an '@' in a path is written %40)"
             )));
         }
+        if url.split_once("://").is_some_and(|(_, rest)| rest.starts_with('/')) {
+            // `http:///x` parses, with `x` as the host: a typo, never meant.
+            return Err(StoreError::BadSpec(format!(
+                "peer outbox for {id}: {shown}: no host, expected http(s)://host[:port]/path"
+            )));
+        }
         let parsed = Url::parse(url).map_err(|e| StoreError::BadSpec(format!("peer outbox for {id}: {shown}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(StoreError::BadSpec(format!(
@@ -283,9 +289,14 @@ mod tests {
             "alice=https://u:p@h/x",
             "alice=https://h/x?sig=1",
             "alice=not a url",
+            // No host: the URL parser would take `x` for one.
+            "alice=http:///x",
+            "alice=https:////h/x",
         ] {
             assert!(bad.parse::<PeerOutbox>().is_err(), "{bad}");
         }
+        let e = "alice=http:///x".parse::<PeerOutbox>().unwrap_err().to_string();
+        assert!(e.contains("no host"), "{e}");
     }
 
     #[test]
