@@ -173,6 +173,10 @@ fn ping_server_lists_at_most_every_discover_every_and_serves_known_clients() {
     assert_eq!(lists(&o), 1);
     assert!(gets(&o).contains(&"alice/srv/head".to_string()), "{o:?}");
     s.on_result(ms(1), OpResult::Listed(Key::root(), Ok(vec!["alice".into(), "srv".into(), "bob".into()])));
+    // bob is served once its head towards me is there (one read).
+    assert_eq!(gets(&s.take_ops()), ["bob/srv/head"]);
+    assert!(s.take_events().is_empty());
+    s.on_result(ms(1), OpResult::Got(key("bob/srv/head"), Ok(Some(b"head".to_vec()))));
     assert_eq!(s.take_events(), [ServerEvent::NewClient(id("bob"))]);
     let _ = s.take_ops();
     s.wake(ms(2000));

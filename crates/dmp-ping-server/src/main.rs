@@ -79,6 +79,7 @@ async fn run(cli: Cli) -> Exit {
                 clients.insert(c.clone());
                 tracing::info!("watching for pings from {c}")
             }
+            ServerEvent::Quiet(c) => tracing::debug!("{c} has not been there for a while; looking at it now and then"),
             ServerEvent::Answered { client, seq } => {
                 answered += 1;
                 tracing::debug!("answered {client} message {seq}")

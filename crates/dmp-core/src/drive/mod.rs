@@ -627,6 +627,10 @@ pub struct ServerOptions {
     pub known_clients: Vec<PeerId>,
     /// Least time between two listings of the store root for new clients.
     pub discover_every: Duration,
+    /// Least time between two looks at parties that are not talking to
+    /// me: found by a listing without a head towards me, or whose runs
+    /// ended (see [`PingServer`]).
+    pub sweep_every: Duration,
 }
 
 impl ServerOptions {
@@ -637,9 +641,16 @@ impl ServerOptions {
             link: ping_link_config_for(store),
             known_clients: Vec::new(),
             discover_every: if store.notifies() { Duration::ZERO } else { REMOTE_HEAD_EVERY },
+            // A look is one request: on a polled store the sweep adds at
+            // most one a second, however many parties it looks at.
+            sweep_every: if store.notifies() { Duration::from_millis(100) } else { SWEEP_EVERY_REMOTE },
         }
     }
 }
+
+/// Least time between two looks of a ping server's sweep on a store
+/// without change notification.
+pub const SWEEP_EVERY_REMOTE: Duration = Duration::from_secs(1);
 
 /// How often a ping server on a store that says what changed still wakes
 /// every client's link (a safety net for a missed notification).
@@ -689,8 +700,9 @@ pub async fn run_ping_server(
     // with the pinned one again.
     let mut rechecks: std::collections::BTreeMap<PeerId, security::KeyRecheck> = Default::default();
     let new_machine = |now: Duration| {
-        let mut m =
-            PingServer::new(me.clone(), opts.link.clone(), fresh_session()).with_discover_every(opts.discover_every);
+        let mut m = PingServer::new(me.clone(), opts.link.clone(), fresh_session())
+            .with_discover_every(opts.discover_every)
+            .with_sweep_every(opts.sweep_every);
         for c in &opts.known_clients {
             m.add_client(now, c.clone());
         }

@@ -462,6 +462,17 @@ impl Link {
         self.peer_gone
     }
 
+    /// True while this link's read of the peer's head is under way.
+    pub fn reading_head(&self) -> bool {
+        self.head_get_pending
+    }
+
+    /// True while the peer has a session that is not gone: its head was
+    /// read (and verified) and has not disappeared since.
+    pub fn peer_present(&self) -> bool {
+        self.state.peer_session.is_some() && !self.peer_gone
+    }
+
     /// The longest any message written by this run took from its write to
     /// the peer's acknowledgement of it; `None` before the first. On a
     /// synced folder that is the sync engine's round trip (seconds to

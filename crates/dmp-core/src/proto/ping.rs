@@ -424,6 +424,9 @@ pub enum ServerEvent {
     StoreError(StoreError),
     /// Something about keys the user should see (first contact).
     Key(crate::keys::KeyNotice),
+    /// A client's run ended some time ago: its link is left to the sweep
+    /// until it shows signs of life again.
+    Quiet(PeerId),
     /// A client's key changed: it is ignored.
     KeyRefused {
         client: PeerId,
@@ -431,8 +434,67 @@ pub enum ServerEvent {
     },
 }
 
+/// How long a client's link may go without a present peer (its head gone,
+/// or never read) before it is looked at only now and then, by the sweep.
+pub const QUIET_AFTER: Duration = Duration::from_secs(30);
+/// The longest gap between two looks at one party in the sweep: a client
+/// that comes back is served within about this long (as a new one is found
+/// by the next listing of the store root on a polled store).
+pub const SWEEP_MOST: Duration = Duration::from_secs(5);
+/// First looks at newly found parties in flight at once.
+const FIRST_LOOKS: usize = 16;
+
+/// Parties looked at now and then rather than at every wake, each at its
+/// own time, the gap doubling after each look up to [`SWEEP_MOST`].
+#[derive(Default)]
+struct Sweep {
+    /// (next look, party), earliest first.
+    queue: std::collections::BTreeSet<(Duration, PeerId)>,
+    /// Party → (its next look, the gap after it).
+    due: BTreeMap<PeerId, (Duration, Duration)>,
+}
+
+impl Sweep {
+    fn insert(&mut self, p: PeerId, at: Duration, gap: Duration) {
+        self.remove(&p);
+        self.queue.insert((at, p.clone()));
+        self.due.insert(p, (at, gap));
+    }
+
+    fn remove(&mut self, p: &PeerId) -> Option<Duration> {
+        let (at, gap) = self.due.remove(p)?;
+        self.queue.remove(&(at, p.clone()));
+        Some(gap)
+    }
+
+    fn next_at(&self) -> Option<Duration> {
+        self.queue.first().map(|(t, _)| *t)
+    }
+
+    /// The party whose look is due by `now`, with the gap after it.
+    fn pop_due(&mut self, now: Duration) -> Option<(PeerId, Duration)> {
+        let (t, p) = self.queue.first()?.clone();
+        if t > now {
+            return None;
+        }
+        let gap = self.remove(&p)?;
+        Some((p, gap))
+    }
+}
+
 /// The liveness responder: one link per client found in the store or
 /// registered with [`PingServer::add_client`].
+///
+/// A party found by listing the store root gets a link only once its head
+/// towards me is there (one read; a notification of a write in its outbox
+/// towards me is enough): a store shared by many parties, or one whose
+/// listing names thousands of made-up ones, costs no link and no polling
+/// per party. A client whose run ended (its head gone for [`QUIET_AFTER`])
+/// keeps its link, but is looked at only by the sweep: one read of the
+/// head towards me of each party without a link and of each quiet link,
+/// one look per `sweep_every` at most, each party again after a gap that
+/// doubles up to [`SWEEP_MOST`]. So the requests of an idle server do not
+/// grow with every client that ever pinged it.
 pub struct PingServer {
     me: PeerId,
     link_cfg: LinkConfig,
@@ -441,6 +503,25 @@ pub struct PingServer {
     /// Least time between two listings of the store root (zero: at every wake).
     discover_every: Duration,
     last_list: Option<Duration>,
+    /// Parties found in the store with no link yet.
+    candidates: std::collections::BTreeSet<PeerId>,
+    /// Candidates never looked at, in the order found.
+    fresh: std::collections::VecDeque<PeerId>,
+    /// Candidates and quiet links whose head is being read by the sweep
+    /// (never while the link itself reads it): the gap before the next look
+    /// if it is not there, and whether to serve it whatever the answer (a
+    /// write towards me was seen meanwhile).
+    probing: BTreeMap<PeerId, (Duration, bool)>,
+    /// Links whose peer has not been present since then.
+    quiet_since: BTreeMap<PeerId, Duration>,
+    /// Links left to the sweep.
+    quiet: std::collections::BTreeSet<PeerId>,
+    /// Clients registered with `add_client`: never left to the sweep.
+    pinned: std::collections::BTreeSet<PeerId>,
+    sweep: Sweep,
+    /// Least time between two looks of the sweep.
+    sweep_every: Duration,
+    last_sweep: Option<Duration>,
     ops: Vec<Op>,
     events: Vec<ServerEvent>,
     session: u64,
@@ -455,6 +536,15 @@ impl PingServer {
             root_list_pending: false,
             discover_every: Duration::ZERO,
             last_list: None,
+            candidates: Default::default(),
+            fresh: Default::default(),
+            probing: BTreeMap::new(),
+            quiet_since: BTreeMap::new(),
+            quiet: Default::default(),
+            pinned: Default::default(),
+            sweep: Sweep::default(),
+            sweep_every: Duration::from_millis(100),
+            last_sweep: None,
             ops: Vec::new(),
             events: Vec::new(),
             session,
@@ -469,16 +559,36 @@ impl PingServer {
         self
     }
 
-    /// Clients seen so far.
+    /// Makes at most one look of the sweep per `every` (see [`PingServer`]);
+    /// it is also the first gap between two looks at one party.
+    pub fn with_sweep_every(mut self, every: Duration) -> PingServer {
+        self.sweep_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Clients seen so far (those with a link).
     pub fn clients(&self) -> impl Iterator<Item = &PeerId> {
         self.links.keys()
+    }
+
+    /// Parties found in the store that have not shown a head towards me.
+    pub fn candidates(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// Clients left to the sweep (their runs ended).
+    pub fn quiet_clients(&self) -> usize {
+        self.quiet.len()
     }
 
     /// Serves `peer` without waiting to find it by listing: for a client
     /// whose outbox is read elsewhere (read-only HTTP cannot be listed).
     /// Returns false when it is already served, or is this server.
     pub fn add_client(&mut self, now: Duration, peer: PeerId) -> bool {
-        let added = self.insert_client(now, peer);
+        let added = self.insert_client(now, peer.clone());
+        if added {
+            self.pinned.insert(peer);
+        }
         self.drain(now);
         added
     }
@@ -492,6 +602,14 @@ impl PingServer {
         if peer == self.me || self.links.contains_key(&peer) {
             return false;
         }
+        // Its head is being read: served when the answer comes (a link
+        // started now would get that answer as if it were its own).
+        if let Some((_, serve)) = self.probing.get_mut(&peer) {
+            *serve = true;
+            return true;
+        }
+        self.candidates.remove(&peer);
+        self.sweep.remove(&peer);
         self.events.push(ServerEvent::NewClient(peer.clone()));
         let mut link = Link::new(self.me.clone(), peer.clone(), self.link_cfg.clone(), None, self.session);
         link.wake(now);
@@ -499,10 +617,74 @@ impl PingServer {
         true
     }
 
+    /// A party found in the store: looked at soon, unless known already.
+    fn found(&mut self, peer: PeerId) {
+        if peer == self.me || self.links.contains_key(&peer) || self.candidates.contains(&peer) {
+            return;
+        }
+        self.candidates.insert(peer.clone());
+        self.fresh.push_back(peer);
+    }
+
+    /// The head a client writes towards me: its presence makes a link.
+    fn head_towards_me(&self, peer: &PeerId) -> Key {
+        Key::new([peer.as_str(), self.me.as_str(), super::mailbox::HEAD_NAME]).expect("peer ids are valid keys")
+    }
+
+    /// A quiet link whose client shows signs of life: served at every wake again.
+    fn rouse(&mut self, now: Duration, peer: &PeerId) {
+        // Its head is being read for the sweep: roused by the answer (the
+        // link would take that answer for its own read's).
+        if let Some((_, serve)) = self.probing.get_mut(peer) {
+            *serve = true;
+            return;
+        }
+        if self.quiet.remove(peer) {
+            self.sweep.remove(peer);
+            self.quiet_since.insert(peer.clone(), now);
+        }
+        if let Some(l) = self.links.get_mut(peer) {
+            l.wake(now);
+        }
+    }
+
+    /// Reads the head of `p` (a candidate) towards me; `gap` is the wait
+    /// before the next look if it is not there.
+    fn probe(&mut self, p: PeerId, gap: Duration) {
+        self.ops.push(Op::Get(self.head_towards_me(&p), super::mailbox::MAX_ACK_LEN));
+        self.probing.insert(p, (gap, false));
+    }
+
+    /// First looks at new parties, and the sweep's next look when due.
+    fn look_around(&mut self, now: Duration) {
+        while self.probing.len() < FIRST_LOOKS {
+            let Some(p) = self.fresh.pop_front() else { break };
+            // (Served, looked at or in the sweep meanwhile: nothing to do.)
+            if self.candidates.contains(&p) && !self.probing.contains_key(&p) && !self.sweep.due.contains_key(&p) {
+                self.probe(p, self.sweep_every);
+            }
+        }
+        if self.last_sweep.is_some_and(|t| now.saturating_sub(t) < self.sweep_every) {
+            return;
+        }
+        let Some((p, gap)) = self.sweep.pop_due(now) else { return };
+        self.last_sweep = Some(now);
+        if self.quiet.contains(&p) && self.links.get(&p).is_some_and(|l| l.reading_head()) {
+            // Its own read from before it went quiet: look again later.
+            self.sweep.insert(p, now + gap, gap);
+        } else if (self.quiet.contains(&p) || self.candidates.contains(&p)) && !self.probing.contains_key(&p) {
+            self.probe(p, gap);
+        }
+    }
+
     /// Stops serving `client` (its key changed): its link goes. Found again
     /// by a listing, it is a new client that waits for its key.
     pub fn drop_client(&mut self, client: &PeerId) {
         self.links.remove(client);
+        self.probing.remove(client);
+        self.quiet.remove(client);
+        self.quiet_since.remove(client);
+        self.sweep.remove(client);
     }
 
     /// Clients whose key is still needed (secure links).
@@ -525,9 +707,12 @@ impl PingServer {
             self.last_list = Some(now);
             self.ops.push(Op::List(Key::root()));
         }
-        for l in self.links.values_mut() {
-            l.wake(now);
+        for (p, l) in self.links.iter_mut() {
+            if !self.quiet.contains(p) {
+                l.wake(now);
+            }
         }
+        self.look_around(now);
         self.drain(now);
     }
 
@@ -540,32 +725,37 @@ impl PingServer {
         if changed.all {
             return self.wake(now);
         }
-        let mut touched = std::collections::BTreeSet::new();
+        let mut touched = BTreeMap::new();
         for path in &changed.paths {
             let mut parts = path.split('/');
             let owner = parts.next().unwrap_or("");
-            // Its directory, its key, or its outbox towards me; not my own
-            // writes, nor its files for another server.
-            let for_me = match parts.next() {
-                None => true,
-                Some(next) => next == self.me.as_str() || next == crate::keys::KEY_FILE,
+            // Its directory, its key, or its outbox towards me (true); not
+            // my own writes, nor its files for another server.
+            let towards_me = match parts.next() {
+                None => Some(false),
+                Some(next) if next == self.me.as_str() => Some(true),
+                Some(next) if next == crate::keys::KEY_FILE => Some(false),
+                Some(_) => None,
             };
-            if let (true, Ok(peer)) = (for_me, PeerId::new(owner)) {
-                touched.insert(peer);
+            if let (Some(t), Ok(peer)) = (towards_me, PeerId::new(owner)) {
+                *touched.entry(peer).or_insert(false) |= t;
             }
         }
-        for peer in touched {
-            if !self.insert_client(now, peer.clone()) {
-                if let Some(l) = self.links.get_mut(&peer) {
-                    l.wake(now);
-                }
+        for (peer, towards_me) in touched {
+            if self.links.contains_key(&peer) {
+                self.rouse(now, &peer);
+            } else if towards_me {
+                self.insert_client(now, peer);
+            } else {
+                self.found(peer);
             }
         }
-        for l in self.links.values_mut() {
-            if l.wake_at().is_some_and(|t| t <= now) {
+        for (p, l) in self.links.iter_mut() {
+            if !self.quiet.contains(p) && l.wake_at().is_some_and(|t| t <= now) {
                 l.wake(now);
             }
         }
+        self.look_around(now);
         self.drain(now);
     }
 
@@ -579,9 +769,28 @@ impl PingServer {
                 if let Ok(names) = r {
                     for name in names {
                         let Ok(peer) = PeerId::new(name) else { continue };
-                        self.insert_client(now, peer);
+                        self.found(peer);
                     }
                 }
+                self.look_around(now);
+                self.drain(now);
+                return;
+            }
+        }
+        // The answer to a look at a party without a link.
+        if let OpResult::Got(k, r) = &res {
+            let owner = k.as_str().split('/').next().and_then(|o| PeerId::new(o).ok());
+            if let Some(p) = owner.filter(|p| self.probing.contains_key(p) && *k == self.head_towards_me(p)) {
+                let (gap, serve) = self.probing.remove(&p).expect("probing");
+                let next = (gap * 2).min(SWEEP_MOST);
+                if !(serve || matches!(r, Ok(Some(_)))) {
+                    self.sweep.insert(p, now + gap, next);
+                } else if self.links.contains_key(&p) {
+                    self.rouse(now, &p);
+                } else {
+                    self.insert_client(now, p);
+                }
+                self.look_around(now);
                 self.drain(now);
                 return;
             }
@@ -589,6 +798,7 @@ impl PingServer {
         if let Some(link) = self.links.values_mut().find(|l| l.owns(res.key())) {
             link.on_result(now, res);
         }
+        self.look_around(now);
         self.drain(now);
     }
 
@@ -616,6 +826,21 @@ impl PingServer {
                     }
                 }
             }
+            // A link whose client has not been present for a while is
+            // left to the sweep; one whose client is back is served again.
+            if link.peer_present() {
+                self.quiet_since.remove(peer);
+                if self.quiet.remove(peer) {
+                    self.sweep.remove(peer);
+                }
+            } else if !self.quiet.contains(peer) && !self.pinned.contains(peer) {
+                let since = *self.quiet_since.entry(peer.clone()).or_insert(now);
+                if now.saturating_sub(since) >= QUIET_AFTER {
+                    self.quiet.insert(peer.clone());
+                    self.sweep.insert(peer.clone(), now + self.sweep_every, self.sweep_every * 2);
+                    self.events.push(ServerEvent::Quiet(peer.clone()));
+                }
+            }
         }
     }
 
@@ -629,7 +854,19 @@ impl PingServer {
     }
 
     pub fn deadline(&self) -> Option<Duration> {
-        self.links.values().filter_map(|l| l.wake_at()).min()
+        let links = self.links.iter().filter(|(p, _)| !self.quiet.contains(*p)).filter_map(|(_, l)| l.wake_at()).min();
+        let sweep = self.sweep.next_at().map(|t| match self.last_sweep {
+            Some(last) => t.max(last + self.sweep_every),
+            None => t,
+        });
+        // A link not present yet turns quiet after `QUIET_AFTER`.
+        let quiet = self
+            .quiet_since
+            .iter()
+            .filter(|(p, _)| !self.quiet.contains(*p) && !self.pinned.contains(*p))
+            .map(|(_, t)| *t + QUIET_AFTER)
+            .min();
+        [links, sweep, quiet].into_iter().flatten().min()
     }
 }
 
@@ -733,18 +970,182 @@ mod tests {
     #[test]
     fn a_listing_of_many_parties_is_taken_in_linear_time() {
         // The root listing comes from the store, which names as many
-        // parties as it likes.
+        // parties as it likes: each is looked at once (one read of its
+        // head towards me, a few at a time), none gets a link without one.
         let n = 20_000;
         let mut s = PingServer::new(pid("bob"), LinkConfig::default(), 2_000);
         s.wake(Duration::ZERO);
         assert!(s.take_ops().iter().any(|o| matches!(o, Op::List(k) if k.is_root())));
         let names: Vec<String> = (0..n).map(|i| format!("c{i:06}")).collect();
         let t = std::time::Instant::now();
-        s.on_result(Duration::from_millis(1), OpResult::Listed(Key::root(), Ok(names)));
-        let ops = s.take_ops();
+        let now = Duration::from_millis(1);
+        s.on_result(now, OpResult::Listed(Key::root(), Ok(names)));
+        let (mut looks, mut most) = (0, 0);
+        loop {
+            let ops = s.take_ops();
+            if ops.is_empty() {
+                break;
+            }
+            most = most.max(ops.len());
+            for op in ops {
+                let Op::Get(k, _) = op else { panic!("only reads: {op:?}") };
+                assert!(k.as_str().ends_with("/bob/head"), "{k}");
+                looks += 1;
+                s.on_result(now, OpResult::Got(k, Ok(None)));
+            }
+        }
         assert!(t.elapsed() < Duration::from_secs(10), "{:?} for {n} names", t.elapsed());
-        assert_eq!(s.clients().count(), n);
-        assert!(ops.len() >= n, "every new client's link looks: {} ops", ops.len());
+        assert_eq!((looks, s.candidates(), s.clients().count()), (n, n, 0));
+        assert!(most <= FIRST_LOOKS, "{most} reads at once");
+        // Then the sweep: one look per `sweep_every` (100 ms) at most.
+        let mut later = 0;
+        for i in 1..=50u64 {
+            s.wake(now + Duration::from_millis(20 * i));
+            later += s.take_ops().iter().filter(|o| matches!(o, Op::Get(..))).count();
+        }
+        assert!((4..=11).contains(&later), "{later} looks in 1 s");
+    }
+
+    /// A party in the store gets a link once its head towards me is there;
+    /// one that never writes one is looked at again after doubling gaps.
+    #[test]
+    fn a_party_is_served_once_its_head_towards_me_is_there() {
+        let mut s = PingServer::new(pid("bob"), LinkConfig::default(), 2_000).with_sweep_every(Duration::from_secs(1));
+        s.wake(Duration::ZERO);
+        let _ = s.take_ops();
+        let names = vec!["alice".to_string(), "carol".into(), "bob".into()];
+        s.on_result(Duration::ZERO, OpResult::Listed(Key::root(), Ok(names)));
+        assert!(s.take_events().is_empty());
+        let got = gets(&s.take_ops());
+        assert_eq!(got, ["alice/bob/head", "carol/bob/head"]);
+        let head = Ok(Some(b"any".to_vec()));
+        s.on_result(Duration::ZERO, OpResult::Got(Key::new(["alice", "bob", "head"]).unwrap(), head));
+        s.on_result(Duration::ZERO, OpResult::Got(Key::new(["carol", "bob", "head"]).unwrap(), Ok(None)));
+        assert_eq!(s.take_events(), [ServerEvent::NewClient(pid("alice"))]);
+        assert_eq!((s.clients().count(), s.candidates()), (1, 1));
+        let _ = s.take_ops();
+        // carol: looked at after 1 s, then 2 s, then 4 s.
+        let mut at = Vec::new();
+        for ms in (100..=8_000).step_by(100) {
+            let now = Duration::from_millis(ms);
+            s.wake(now);
+            for op in s.take_ops() {
+                if let Op::Get(k, _) = &op {
+                    if k.as_str() == "carol/bob/head" {
+                        at.push(ms);
+                        s.on_result(now, OpResult::Got(k.clone(), Ok(None)));
+                    }
+                }
+            }
+        }
+        assert_eq!(at, [1_000, 3_000, 7_000]);
+        // A write of carol's towards me (a notification) serves it at once.
+        let changed = crate::store::ChangeSet { all: false, paths: ["carol/bob/head".to_string()].into() };
+        s.wake_changed(Duration::from_millis(8_100), &changed);
+        assert_eq!(s.take_events(), [ServerEvent::NewClient(pid("carol"))]);
+        assert_eq!((s.clients().count(), s.candidates()), (2, 0));
+    }
+
+    fn gets(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::Get(k, _) => Some(k.as_str().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Reads of alice's files among `ops`.
+    fn reads_of_alice(ops: &[Op]) -> usize {
+        gets(ops).iter().filter(|k| k.starts_with("alice/")).count()
+    }
+
+    /// Runs alice's client (one ping) against the server until it has its
+    /// reply; returns the time then.
+    async fn one_ping(store: &MemoryStore, s: &mut PingServer, session: u64, mut now: Duration) -> Duration {
+        let cfg = PingConfig {
+            count: Some(1),
+            interval: Duration::from_millis(10),
+            wait: Duration::from_secs(120),
+            deadline: None,
+            link: LinkConfig::default(),
+        };
+        let mut c = PingClient::new(pid("alice"), pid("bob"), cfg, session, now);
+        let end = now + Duration::from_secs(120);
+        while !c.finished() && now < end {
+            c.wake(now);
+            s.wake(now);
+            settle_pair(store, now, &mut c, Some(&mut *s), |_| {}).await;
+            now += Duration::from_millis(10);
+        }
+        assert_eq!(c.summary().received, 1, "no reply by {now:?}");
+        now
+    }
+
+    /// A client whose run ended costs the server a look now and then, not
+    /// one at every wake, for as long as the server runs (the requests of
+    /// an idle server on a polled store grew by one a second for each
+    /// client that had ever pinged it); back, it is served again.
+    #[tokio::test]
+    async fn a_client_whose_run_ended_is_looked_at_only_now_and_then() {
+        let store = MemoryStore::new();
+        let every = Duration::from_millis(100);
+        let mut s = PingServer::new(pid("bob"), LinkConfig::default(), 2_000).with_sweep_every(every);
+        let mut now = one_ping(&store, &mut s, 1_000, Duration::ZERO).await;
+        // The run ends: the client's driver removes its files.
+        let dir = Key::new(["alice", "bob"]).unwrap();
+        for name in store.list(&dir).await.unwrap() {
+            store.delete(&dir.join(&name).unwrap()).await.unwrap();
+        }
+        let ended = now;
+        let (mut quiet_at, mut reads_quiet) = (None, 0);
+        while now < ended + Duration::from_secs(150) {
+            s.wake(now);
+            let ops = s.take_ops();
+            if quiet_at.is_some() {
+                reads_quiet += reads_of_alice(&ops);
+            }
+            for op in ops {
+                let r = perform(&store, op).await;
+                s.on_result(now, r);
+            }
+            if s.take_events().contains(&ServerEvent::Quiet(pid("alice"))) {
+                quiet_at = Some(now);
+            }
+            now += every;
+        }
+        let quiet_at = quiet_at.expect("alice was never left to the sweep");
+        let after = quiet_at - ended;
+        assert!(after >= QUIET_AFTER && after <= QUIET_AFTER + Duration::from_secs(5), "quiet after {after:?}");
+        // One read (its head) after 0.1, 0.2, 0.4 ... 3.2 s, then every 5 s:
+        // 28 in the 118 s left. At every wake it was two reads (head and
+        // ack) each 100 ms: 2,360.
+        assert!((20..=32).contains(&reads_quiet), "{reads_quiet} reads of a quiet client's files in 118 s");
+        assert_eq!(s.quiet_clients(), 1);
+        // Back with a new run: served again, found by the sweep (at most
+        // `SWEEP_MOST` later) even without a notification.
+        let back = now;
+        now = one_ping(&store, &mut s, 5_000, now).await;
+        assert!(now - back <= SWEEP_MOST + Duration::from_secs(1), "{:?}", now - back);
+        assert_eq!(s.quiet_clients(), 0);
+        // With a notification, at once.
+        for name in store.list(&dir).await.unwrap() {
+            store.delete(&dir.join(&name).unwrap()).await.unwrap();
+        }
+        let ended = now;
+        while s.quiet_clients() == 0 && now < ended + Duration::from_secs(60) {
+            s.wake(now);
+            for op in s.take_ops() {
+                let r = perform(&store, op).await;
+                s.on_result(now, r);
+            }
+            now += every;
+        }
+        assert_eq!(s.quiet_clients(), 1);
+        let changed = crate::store::ChangeSet { all: false, paths: ["alice/bob/head".to_string()].into() };
+        s.wake_changed(now, &changed);
+        assert_eq!(s.quiet_clients(), 0);
+        assert!(reads_of_alice(&s.take_ops()) > 0, "the link looks at once");
     }
 
     #[tokio::test]
