@@ -528,7 +528,9 @@ pub async fn run_ping_client(
                     on_event(&ev);
                 }
                 // Once per outage; the rest only at debug level.
-                PingEvent::StoreError(e) if outage.reported => tracing::debug!("{e} (still retrying)"),
+                PingEvent::StoreError(e) if outage.reported || !outage.new_warning(clock.now(), &e.to_string()) => {
+                    tracing::debug!("{e} (still retrying)")
+                }
                 PingEvent::StoreError(_) => {
                     outage.reported = true;
                     on_event(&ev);
@@ -550,9 +552,7 @@ pub async fn run_ping_client(
         match ops.wait(&mut changes, &clock, until, &mut shutdown).await {
             Woke::Done(res) => {
                 let now = clock.now();
-                if op_failed(&res) {
-                    outage.failed(now);
-                } else if let Some(secs) = outage.ended(now) {
+                if let Some(secs) = outage.track(now, &res) {
                     tracing::info!("the store answers again after {secs:.1} s; going on");
                 }
                 machine.on_result(now, res)
@@ -797,7 +797,9 @@ pub async fn run_ping_server(
             }
             match &ev {
                 // Once per outage; the rest only at debug level.
-                ServerEvent::StoreError(e) if outage.reported => tracing::debug!("{e} (still retrying)"),
+                ServerEvent::StoreError(e) if outage.reported || !outage.new_warning(clock.now(), &e.to_string()) => {
+                    tracing::debug!("{e} (still retrying)")
+                }
                 ServerEvent::StoreError(_) => {
                     outage.reported = true;
                     on_event(&ev);
@@ -843,9 +845,7 @@ pub async fn run_ping_server(
                     }
                     _ => {}
                 }
-                if op_failed(&res) {
-                    outage.failed(now);
-                } else if let Some(secs) = outage.ended(now) {
+                if let Some(secs) = outage.track(now, &res) {
                     tracing::info!("the store answers again after {secs:.1} s; going on");
                     check_lost = true;
                 }
@@ -967,11 +967,6 @@ async fn publish_key(store: &dyn Store, security: &Option<Security>) -> bool {
     }
 }
 
-/// True when the store's answer to `res` was an error.
-fn op_failed(res: &OpResult) -> bool {
-    op_error(res).is_some()
-}
-
 /// The store's error in its answer to `res`, if it failed.
 pub(crate) fn op_error(res: &OpResult) -> Option<&StoreError> {
     match res {
@@ -1009,7 +1004,12 @@ pub(crate) struct Outage {
     /// For [`Outage::observe`]: reads (list, get) and writes (put, delete)
     /// that failed and have not succeeded since.
     failing: [bool; 2],
+    /// Failures warned of, and when (see [`Outage::new_warning`]).
+    warned: std::collections::HashMap<String, Duration>,
 }
+
+/// The same failure is warned of again only after this long.
+const WARN_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 impl Outage {
     pub(crate) fn failed(&mut self, now: Duration) {
@@ -1042,25 +1042,49 @@ impl Outage {
     /// writes fail, the reads that still work do not end it (which would
     /// warn again at the next failed write).
     fn note(&mut self, now: Duration, res: &OpResult) -> OutageNote {
-        let class = usize::from(matches!(res, OpResult::Put(..) | OpResult::Deleted(..)));
+        let ended = self.track(now, res);
         match op_error(res) {
-            Some(e) => {
-                self.failed(now);
-                self.failing[class] = true;
-                if std::mem::replace(&mut self.reported, true) {
-                    OutageNote::Still(e.to_string())
-                } else {
-                    OutageNote::Began(e.to_string())
-                }
-            }
-            None => {
-                self.failing[class] = false;
-                match self.failing == [false; 2] {
-                    true => self.ended(now).map_or(OutageNote::Fine, OutageNote::Ended),
-                    false => OutageNote::Fine,
-                }
+            Some(e) if std::mem::replace(&mut self.reported, true) => OutageNote::Still(e.to_string()),
+            Some(e) if !self.new_warning(now, &e.to_string()) => OutageNote::Still(e.to_string()),
+            Some(e) => OutageNote::Began(e.to_string()),
+            None => ended.map_or(OutageNote::Fine, OutageNote::Ended),
+        }
+    }
+
+    /// True when `msg` was not warned of in the last minute, and notes it
+    /// now. One write that fails for good (a directory planted where a
+    /// party's `head` goes) while its other writes succeed ends an outage
+    /// at each of those, and began another at each retry: a warning every
+    /// second or so, for as long as the run lasted.
+    pub(crate) fn new_warning(&mut self, now: Duration, msg: &str) -> bool {
+        if self.warned.len() >= 64 {
+            self.warned.retain(|_, t| now.saturating_sub(*t) < WARN_AGAIN_AFTER);
+        }
+        match self.warned.get(msg) {
+            Some(t) if now.saturating_sub(*t) < WARN_AGAIN_AFTER => false,
+            _ => {
+                self.warned.insert(msg.to_string(), now);
+                true
             }
         }
+    }
+
+    /// Notes the store's answer to one operation without logging (the
+    /// caller reports the first failure through `reported`): the outage's
+    /// length in seconds when this answer ended one. As in
+    /// [`Outage::note`], it ends once each kind of operation that failed
+    /// has succeeded again: a ping client whose writes failed for good
+    /// (a directory where its `head` goes) while its reads worked warned
+    /// at every retry, each read having ended the "outage".
+    pub(crate) fn track(&mut self, now: Duration, res: &OpResult) -> Option<f64> {
+        let class = usize::from(matches!(res, OpResult::Put(..) | OpResult::Deleted(..)));
+        if op_error(res).is_some() {
+            self.failed(now);
+            self.failing[class] = true;
+            return None;
+        }
+        self.failing[class] = false;
+        if self.failing == [false; 2] { self.ended(now) } else { None }
     }
 }
 
@@ -1098,7 +1122,42 @@ mod tests {
         assert_eq!(o.note(s(21), &OpResult::Put(k.clone(), Ok(()))), OutageNote::Fine, "reads still failing");
         assert_eq!(o.note(s(22), &OpResult::Got(k.clone(), Ok(None))), OutageNote::Ended(21.0));
         assert_eq!(o.note(s(23), &OpResult::Got(k.clone(), Ok(None))), OutageNote::Fine);
-        assert!(matches!(o.note(s(30), &put_err()), OutageNote::Began(_)), "the next outage is reported again");
+        // The next outage is reported again, but not with the same words
+        // within a minute of the last warning.
+        assert!(matches!(o.note(s(30), &put_err()), OutageNote::Still(_)));
+        assert_eq!(o.note(s(31), &OpResult::Put(k.clone(), Ok(()))), OutageNote::Ended(1.0));
+        assert!(matches!(o.note(s(90), &put_err()), OutageNote::Began(_)));
+        assert_eq!(o.note(s(91), &OpResult::Put(k.clone(), Ok(()))), OutageNote::Ended(1.0));
+        let refused = StoreError::Io { store: "s".into(), op: "get", key: k.to_string(), msg: "refused".into() };
+        let other = OpResult::Got(k.clone(), Err(refused));
+        assert!(matches!(o.note(s(92), &other), OutageNote::Began(e) if e.contains("refused")));
+    }
+
+    /// One write that fails at every retry while the party's other writes
+    /// succeed (a directory planted where its `head` goes) is one warning
+    /// a minute, not one per retry: each success ended the "outage", and
+    /// the ping tools warned again at the next failure.
+    #[test]
+    fn one_write_failing_for_good_among_working_ones_is_warned_once_a_minute() {
+        let head = Key::new(["alice", "bob", "head"]).unwrap();
+        let msg = Key::new(["alice", "bob", "1-1.msg"]).unwrap();
+        let err = StoreError::Io { store: "s".into(), op: "put", key: head.to_string(), msg: "in the way".into() };
+        let mut o = Outage::default();
+        let mut warned = Vec::new();
+        for ms in (0..120_000).step_by(250) {
+            let now = Duration::from_millis(ms);
+            // The ping drivers: `track` each answer, warn of a failure that
+            // `new_warning` lets through while none is reported yet.
+            let _ = o.track(now, &OpResult::Put(head.clone(), Err(err.clone())));
+            if !o.reported && o.new_warning(now, &err.to_string()) {
+                o.reported = true;
+                warned.push(ms);
+            }
+            if o.track(now, &OpResult::Put(msg.clone(), Ok(()))).is_some() {
+                o.reported = false;
+            }
+        }
+        assert_eq!(warned, [0, 60_000]);
     }
 
     #[test]
