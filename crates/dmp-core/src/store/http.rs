@@ -186,6 +186,35 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 
+    /// A read that may be large (a listing, a chunk) but trickles in fails
+    /// once it falls behind the slowest rate allowed, not at the deadline
+    /// for the largest body: a PROPFIND at 1 byte a second took over 17
+    /// minutes to fail at start-up.
+    #[tokio::test]
+    async fn a_trickling_read_fails_when_it_falls_behind_the_slowest_rate() {
+        let srv = FakeServer::start(|_, _| Reply::Drip {
+            head: head("200 OK", 1000),
+            body: vec![b'x'; 1000],
+            every: Duration::from_millis(50),
+        })
+        .await;
+        let opts = HttpOptions {
+            read_timeout: Duration::from_secs(5),
+            read_deadline_base: Duration::from_millis(500),
+            min_download_rate: 1 << 20,
+            retries: 0,
+            ..HttpOptions::default()
+        };
+        let store = HttpStore::with_options(srv.url("/bob/"), opts).unwrap();
+        let t = Instant::now();
+        // 64 MiB allowed: the request's own deadline is 64.5 s away.
+        let got = tokio::time::timeout(Duration::from_secs(20), store.get(&key("m1"), 64 << 20)).await;
+        let e = got.expect("the read fails once it falls behind, not after the whole body").unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("slower than 1024 KiB/s"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
     #[tokio::test]
     async fn retrying_stops_after_retry_for_and_warns_while_waiting() {
         // Accepts connections, never answers; then recovers.

@@ -406,8 +406,28 @@ impl Http {
         // From the buffer pool: a chunk's buffer comes back once it is
         // written (see `buf`), instead of fresh memory faulted in again.
         let mut buf = crate::buf::vec(declared.unwrap_or(0).min(max_len).min(64 << 20) as usize);
+        let start = tokio::time::Instant::now();
+        let rate = self.opts.min_download_rate.max(1) as f64;
         loop {
-            match resp.chunk().await {
+            // Past `read_deadline_base`, the body must keep up with
+            // `min_download_rate` (and one more chunk's worth): a server
+            // that sends a byte now and then fails in about that long, not
+            // at the request's deadline, which allows for the largest body
+            // (over 17 minutes for a listing of up to 64 MiB).
+            let allowed = self.opts.read_deadline_base + Duration::from_secs_f64((buf.len() as f64 + 65536.0) / rate);
+            let Ok(next) = tokio::time::timeout_at(start + allowed, resp.chunk()).await else {
+                return Err(Failure::Retry {
+                    msg: format!(
+                        "timed out: the body came slower than {} KiB/s ({} bytes in {:.1} s)",
+                        self.opts.min_download_rate / 1024,
+                        buf.len(),
+                        start.elapsed().as_secs_f64()
+                    ),
+                    after: None,
+                    unreachable: false,
+                });
+            };
+            match next {
                 Ok(Some(c)) => {
                     if (buf.len() + c.len()) as u64 > max_len {
                         // Not how much was read: that varies from one try to
