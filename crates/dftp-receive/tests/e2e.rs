@@ -1185,5 +1185,8 @@ fn an_unusable_state_directory_is_a_warning_once() {
         // (One more line where the state is first read.)
         let warnings = f.stderr_lines().iter().filter(|l| l.contains("state file")).count();
         assert!(warnings <= 2, "at most two lines about the state file\n{}", f.describe());
+        // And that no run lock could be taken (it was a debug line only).
+        let locks = f.stderr_lines().iter().filter(|l| l.contains("cannot take the run lock")).count();
+        assert!((1..=2).contains(&locks), "one line for each run lock not taken\n{}", f.describe());
     }
 }

@@ -71,7 +71,11 @@ fn lock_at(path: &Path) -> Result<Option<StateLock>, PathBuf> {
         {
             Ok(f) => f,
             Err(e) => {
-                tracing::debug!("cannot open the lock {}: {e}; going on without it", path.display());
+                tracing::warn!(
+                    "cannot take the run lock {}: {e}; going on without it (a second run as the same \
+                     party would not be stopped; DMP_STATE_DIR sets where it goes)",
+                    path.display()
+                );
                 return Ok(None);
             }
         };
@@ -84,7 +88,11 @@ fn lock_at(path: &Path) -> Result<Option<StateLock>, PathBuf> {
             Ok(()) => {}
             Err(fs4::TryLockError::WouldBlock) => return Err(path),
             Err(fs4::TryLockError::Error(e)) => {
-                tracing::debug!("cannot lock {}: {e}; going on without it", path.display());
+                tracing::warn!(
+                    "cannot take the run lock {}: {e}; going on without it (a second run as the same \
+                     party would not be stopped)",
+                    path.display()
+                );
                 return Ok(None);
             }
         }
